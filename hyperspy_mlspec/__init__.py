@@ -1,0 +1,28 @@
+"""hyperspy_mlspec: machine learning for HyperSpy spectrum images.
+
+Importing the package adds the ``mlspec`` namespace to every HyperSpy signal::
+
+    import hyperspy.api as hs
+    import hyperspy_mlspec
+    s = hs.load("map.hspy")
+    ae = s.mlspec.decomposition(n_components=4)
+
+Public API (everything else is internal):
+"""
+
+__version__ = "0.1.0"
+
+from hyperspy_mlspec import data  # noqa: E402
+from hyperspy_mlspec.accessor import MLSpecNamespace, register  # noqa: E402
+from hyperspy_mlspec.estimators import AutoencoderDecomposition  # noqa: E402
+from hyperspy_mlspec.persistence import load_model  # noqa: E402
+
+register()
+
+__all__ = [
+    "AutoencoderDecomposition",
+    "MLSpecNamespace",
+    "__version__",
+    "data",
+    "load_model",
+]

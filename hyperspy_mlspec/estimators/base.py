@@ -1,0 +1,318 @@
+"""Shared machinery of every hyperspy_mlspec estimator.
+
+Subclasses provide ``_build_module`` and ``_step_loss``; this base class owns input
+validation (numpy or dask), the choice of loss and normalisation from the data, the call
+into the one training loop, batched inference (lazy in, lazy out), and the state saved in
+model files. Following scikit-learn, ``__init__`` only stores parameters; everything learnt
+ends with an underscore.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from hyperspy_mlspec.engine import Normalizer, as_source, resolve_device, train
+from hyperspy_mlspec.engine.losses import LOSSES
+from hyperspy_mlspec.engine.normalization import KINDS
+from hyperspy_mlspec.engine.sources import DaskSource, RowSource
+
+_STAT_ROWS = 20_000  # rows sampled for data statistics (normalisation, variances)
+
+
+def is_dask(X: Any) -> bool:
+    """True for a dask array."""
+    return hasattr(X, "dask") and hasattr(X, "chunks")
+
+
+def looks_like_counts(sample: np.ndarray) -> bool:
+    """True when values are non-negative and integer-valued (detector counts)."""
+    return bool(sample.size and sample.min() >= 0 and
+                np.allclose(sample, np.round(sample), atol=1e-3) and sample.max() > 0)
+
+
+class SpectralEstimator(BaseEstimator):
+    """Base class: see the module docstring. Not for direct use."""
+
+    # -- hooks for subclasses -------------------------------------------------------------
+    def _build_module(self, n_features: int) -> torch.nn.Module:  # pragma: no cover
+        raise TypeError(f"{type(self).__name__} must implement _build_module")
+
+    def _step_loss(self) -> Callable[[torch.Tensor, bool], torch.Tensor]:  # pragma: no cover
+        raise TypeError(f"{type(self).__name__} must implement _step_loss")
+
+    def _after_fit(self, source: RowSource) -> None:
+        """Derived fitted attributes (components, variances...)."""
+
+    # -- validation -------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        if self.loss not in ("auto",) + LOSSES:
+            raise ValueError(f"loss must be 'auto', 'poisson' or 'mse', got {self.loss!r}")
+        if self.normalization not in ("auto",) + KINDS:
+            raise ValueError(f"normalization must be 'auto' or one of {KINDS}, "
+                             f"got {self.normalization!r}")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if value != "auto" and not (isinstance(value, numbers.Integral) and value >= 1):
+                raise ValueError(f"{name} must be 'auto' or a positive integer, got {value!r}")
+        if not (0 <= self.validation_fraction < 1):
+            raise ValueError("validation_fraction must be in [0, 1), "
+                             f"got {self.validation_fraction!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+
+    def _source(self, X: Any, reset: bool) -> RowSource:
+        """Validate ``X`` and wrap it as a row source (numpy checked now, dask per block)."""
+        if isinstance(X, RowSource):
+            source = X
+        elif is_dask(X):
+            if X.ndim != 2:
+                raise ValueError(f"Expected a 2-D array of spectra, got shape {X.shape}.")
+            if not reset:
+                self._check_n_features(int(X.shape[1]))
+            else:
+                self.n_features_in_ = int(X.shape[1])
+            source = DaskSource(X)
+        else:
+            X = validate_data(self, X, reset=reset, dtype=[np.float32, np.float64],
+                              ensure_min_features=1)
+            source = as_source(X)
+        if reset:
+            self.n_features_in_ = source.n_features
+        else:
+            self._check_n_features(source.n_features)
+        return source
+
+    def _check_n_features(self, n: int) -> None:
+        if n != self.n_features_in_:
+            raise ValueError(f"X has {n} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input.")
+
+    def _block_check(self) -> Callable[[np.ndarray], None]:
+        """Per-block checks applied while data stream in (lazy data are never read twice)."""
+        poisson = getattr(self, "loss_", self.loss) == "poisson"
+
+        def check(block: np.ndarray) -> None:
+            if not np.isfinite(block).all():
+                raise ValueError(
+                    "Input contains NaN or infinity. Remove or mask those spectra "
+                    "(navigation_mask) or replace the values (e.g. np.nan_to_num) first.")
+            if poisson and block.size and block.min() < 0:
+                raise ValueError(
+                    f"loss='poisson' needs non-negative counts, but the data contain negative "
+                    f"values (minimum {block.min():.4g}). Use loss='mse', or remove the "
+                    "offset that made counts negative.")
+        return check
+
+    # -- fitting ----------------------------------------------------------------------------
+    def _resolve_from_sample(self, sample: np.ndarray) -> None:
+        """Pick loss, normalisation and positivity from a sample of the data."""
+        counts = looks_like_counts(sample)
+        nonneg = bool(sample.size and sample.min() >= 0)
+        self.loss_ = ("poisson" if counts else "mse") if self.loss == "auto" else self.loss
+        if self.loss_ == "poisson" and not nonneg:
+            self._block_check()(sample)  # raises the explanatory error
+        norm = self.normalization
+        if norm == "auto":
+            norm = "sum" if nonneg and sample.mean() > 0 else "none"
+        if norm in ("sum", "poisson") and not nonneg:
+            raise ValueError(f"normalization={norm!r} needs non-negative data; the data contain "
+                             "negative values. Use normalization='none' or 'max'.")
+        self.normalization_ = norm
+        self.normalizer_ = Normalizer(norm).fit(sample)
+        self.nonnegative_ = nonneg or self.loss_ == "poisson"
+
+    def _batch_size(self, n_rows: int) -> int:
+        if self.batch_size == "auto":
+            return int(np.clip(n_rows // 8, 8, 256))
+        return int(self.batch_size)
+
+    def _epochs(self, n_rows: int, batch_size: int) -> int:
+        if self.epochs == "auto":
+            steps_per_epoch = max(1, math.ceil(n_rows / batch_size))
+            return int(np.clip(math.ceil(3000 / steps_per_epoch), 15, 300))
+        return int(self.epochs)
+
+    def _seed(self) -> int:
+        rs = self.random_state
+        if isinstance(rs, numbers.Integral):
+            return int(rs)
+        if isinstance(rs, np.random.RandomState):
+            return int(rs.randint(2**31))
+        if isinstance(rs, np.random.Generator):
+            return int(rs.integers(2**31))
+        return int(np.random.SeedSequence().generate_state(1)[0] % 2**31)
+
+    def _initialise(self, source: RowSource, seed: int) -> None:
+        """Fit data statistics and build the module (first fit / partial_fit call)."""
+        self._check_params()
+        if source.n_rows < 1:
+            raise ValueError("Found 0 spectra: at least one is required to fit.")
+        rng = np.random.default_rng(seed)
+        source.check = None
+        sample = source.sample(_STAT_ROWS, rng)
+        self._resolve_from_sample(sample)
+        self.device_ = str(resolve_device(self.device))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.module_ = self._build_module(source.n_features).to(self.device_)
+        if hasattr(self.module_, "standardize_inputs") and len(sample):
+            xn, _ = self.normalizer_.forward(torch.as_tensor(sample, dtype=torch.float32))
+            self.module_.standardize_inputs(xn.to(self.device_))
+        self._optimizer = None
+        self.history_: list[dict] = []
+        self.n_epochs_ = 0
+        self.signal_axis_ = None
+
+    def _train(self, source: RowSource, epochs: int, batch_size: int, seed: int,
+               patience: int | None) -> None:
+        source.check = self._block_check()
+        if self._optimizer is None:
+            self._optimizer = torch.optim.Adam(self.module_.parameters(), lr=self.learning_rate,
+                                               weight_decay=self.weight_decay)
+        result = train(self.module_, self._step_loss(), source, epochs=epochs,
+                       batch_size=batch_size, patience=patience, device=self.device_,
+                       seed=seed, optimizer=self._optimizer,
+                       show_progressbar=self.show_progressbar, desc=type(self).__name__)
+        offset = self.n_epochs_
+        for row in result.history:
+            row["epoch"] += offset
+        self.history_.extend(result.history)
+        self.n_epochs_ += len(result.history)
+        self.interrupted_ = result.interrupted
+        self.n_samples_seen_ = getattr(self, "n_samples_seen_", 0) + result.n_samples_seen
+
+    def fit(self, X, y=None):
+        """Fit the model to spectra.
+
+        Parameters
+        ----------
+        X
+            Array of shape ``(n_spectra, n_channels)``: numpy, or dask (streamed chunk by
+            chunk, never loaded whole).
+        y
+            Ignored.
+
+        Returns
+        -------
+        self
+        """
+        source = self._source(X, reset=True)
+        seed = self._seed()
+        self._initialise(source, seed)
+        batch_size = self._batch_size(source.n_rows)
+        if self.batch_size != "auto" and batch_size > source.n_rows:
+            raise ValueError(
+                f"batch_size={batch_size} is larger than the number of spectra "
+                f"({source.n_rows}): use a smaller batch_size or batch_size='auto'.")
+        fraction = self.validation_fraction if source.n_rows * self.validation_fraction >= 8 \
+            else 0.0
+        source.validation_fraction, source.seed = fraction, seed
+        n_train = source.count("train")
+        self._train(source, self._epochs(n_train, batch_size), batch_size, seed,
+                    self.patience if fraction > 0 or self.patience is None else self.patience)
+        source.validation_fraction = 0.0
+        self._after_fit(source)
+        return self
+
+    def partial_fit(self, X, y=None):
+        """Continue training on a block of spectra (``partial_fit_epochs`` passes).
+
+        The first call fits the normalisation and builds the model from this block.
+        HyperSpy's lazy ``decomposition`` calls this once per navigation block.
+
+        Returns
+        -------
+        self
+        """
+        first = not hasattr(self, "module_")
+        source = self._source(X, reset=first)
+        seed = self._seed() + getattr(self, "n_epochs_", 0)
+        if first:
+            self._initialise(source, seed)
+        batch_size = min(self._batch_size(source.n_rows), source.n_rows)
+        self._train(source, int(self.partial_fit_epochs), batch_size, seed, patience=None)
+        self._after_fit(source)
+        return self
+
+    # -- inference --------------------------------------------------------------------------
+    def _map_rows(self, X: Any, fn: Callable[[torch.Tensor], torch.Tensor], n_out: int,
+                  reset_check: bool = True):
+        """Apply ``fn`` (float32 tensor -> tensor) over rows; dask in gives dask out."""
+        check_is_fitted(self, "module_")
+        if is_dask(X):
+            if X.ndim != 2:
+                raise ValueError(f"Expected a 2-D array, got shape {X.shape}.")
+            X = X.rechunk({1: -1})
+            return X.map_blocks(lambda b: self._apply_numpy(np.asarray(b), fn),
+                                chunks=(X.chunks[0], (n_out,)), dtype=np.float32)
+        return self._apply_numpy(X, fn)
+
+    def _apply_numpy(self, X: np.ndarray, fn, batch: int = 4096) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(X), batch):
+                x = torch.as_tensor(np.asarray(X[i:i + batch], dtype=np.float32),
+                                    device=self.device_)
+                out.append(fn(x).cpu().numpy())
+        if not out:
+            return np.empty((0, 0), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def _validate_transform_input(self, X: Any) -> Any:
+        check_is_fitted(self, "module_")
+        if is_dask(X):
+            if X.ndim != 2:
+                raise ValueError(f"Expected a 2-D array, got shape {X.shape}.")
+            self._check_n_features(int(X.shape[1]))
+            return X
+        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+        self._block_check()(np.asarray(X))
+        return X
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Save the fitted estimator: safetensors weights plus a JSON config (no pickle).
+
+        Parameters
+        ----------
+        path
+            File to write (conventionally ``*.mlspec``); load it with
+            :func:`hyperspy_mlspec.load_model`.
+        """
+        from hyperspy_mlspec.persistence import save_model
+
+        save_model(self, path)
+
+    # subclasses extend these two for their own fitted arrays
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        return {"normalizer.channel_scale": np.asarray(self.normalizer_.channel_scale)}
+
+    def _fitted_config(self) -> dict:
+        return {
+            "n_features_in_": int(self.n_features_in_), "loss_": self.loss_,
+            "normalization_": self.normalization_, "nonnegative_": bool(self.nonnegative_),
+            "normalizer": self.normalizer_.to_dict(), "n_epochs_": int(self.n_epochs_),
+            "history_": self.history_, "signal_axis_": self.signal_axis_,
+            "device_": "cpu",
+        }
+
+    def _restore(self, config: dict, arrays: dict[str, np.ndarray],
+                 weights: dict[str, torch.Tensor]) -> None:
+        for key in ("n_features_in_", "loss_", "normalization_", "nonnegative_",
+                    "n_epochs_", "history_", "signal_axis_"):
+            setattr(self, key, config[key])
+        self.normalizer_ = Normalizer(**config["normalizer"],
+                                      channel_scale=arrays["normalizer.channel_scale"])
+        self.device_ = str(resolve_device(self.device))
+        self.module_ = self._build_module(self.n_features_in_)
+        self.module_.load_state_dict(weights)
+        self.module_.to(self.device_).eval()
+        self._optimizer = None

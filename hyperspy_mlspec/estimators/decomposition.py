@@ -1,0 +1,302 @@
+"""Autoencoder decomposition: a nonlinear replacement for PCA that HyperSpy can use."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from hyperspy_mlspec.engine.losses import gaussian_loss, poisson_deviance
+from hyperspy_mlspec.engine.sources import RowSource
+from hyperspy_mlspec.estimators.base import _STAT_ROWS, SpectralEstimator
+from hyperspy_mlspec.models import SpectralAutoencoder, default_hidden_sizes
+
+
+class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
+    """Autoencoder decomposition of spectra with a scikit-learn (and HyperSpy) interface.
+
+    ``transform`` gives the latent codes ("loadings"), ``inverse_transform`` the exact
+    reconstruction from them, ``components_`` the spectral components ("factors"): exact
+    with ``decoder="linear"``, a least-squares linear surrogate of the nonlinear decoder
+    otherwise. There is deliberately no ``mean_`` attribute (HyperSpy would add it back to
+    the data). Intensity (dose, thickness) is carried by the loadings; the decoder is
+    positively homogeneous so reconstructions from loadings are exact.
+
+    Parameters
+    ----------
+    n_components
+        Number of latent dimensions (1 <= n_components <= number of channels).
+    encoder
+        ``"dense"`` (fully connected) or ``"conv"`` (1-D convolutions).
+    decoder
+        ``"nonlinear"`` (a homogeneous MLP) or ``"linear"`` (components are the decoder
+        weights; non-negative for non-negative data, NMF-like).
+    variational
+        Train a variational autoencoder (KL term weighted by ``beta``); enables
+        :meth:`sample`.
+    loss
+        ``"poisson"`` (deviance, for counts), ``"mse"`` (Gaussian), or ``"auto"``: Poisson
+        when the data are non-negative integers, else MSE.
+    normalization
+        Per-spectrum normalisation, inverted on output: ``"sum"``, ``"max"``,
+        ``"poisson"``, ``"none"`` or ``"auto"`` (``"sum"`` for non-negative data).
+    epochs
+        Maximum passes over the data, or ``"auto"`` (about 3000 optimiser steps, 15-300
+        epochs); early stopping on a held-out split usually ends sooner.
+    batch_size
+        Spectra per minibatch or ``"auto"`` (n/8 clipped to 8-256).
+    learning_rate, weight_decay
+        Adam settings.
+    hidden_layer_sizes
+        Widths ``(h1, h2)`` of the hidden layers; None chooses them from the number of
+        channels (see :func:`~hyperspy_mlspec.models.default_hidden_sizes`).
+    beta
+        Weight of the KL term (``variational=True``).
+    validation_fraction
+        Fraction of spectra held out for early stopping (none below 80 spectra).
+    patience
+        Epochs without improvement before stopping; None trains for all ``epochs``.
+    partial_fit_epochs
+        Passes over each block given to :meth:`partial_fit`.
+    device
+        ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``...
+    random_state
+        Seed for weights, batch order and sampling; same seed gives the same result on CPU.
+    show_progressbar
+        None follows ``hs.preferences.General.show_progressbar``.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_features)
+        Spectral components in data units, sorted by explained variance.
+    explained_variance_ : ndarray of shape (n_components,)
+        Variance of the reconstruction carried by each latent dimension.
+    explained_variance_ratio_ : ndarray of shape (n_components,)
+        ``explained_variance_`` divided by the total variance of the data.
+    history_ : list of dict
+        Loss per epoch (``train_loss``, ``val_loss``, ``learning_rate``, ``seconds``).
+    loss_, normalization_ : str
+        The loss and normalisation actually used.
+    module_ : torch.nn.Module
+        The trained network.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.poisson(rng.random((200, 2)) @ rng.random((2, 32)) * 20).astype(float)
+    >>> ae = AutoencoderDecomposition(n_components=2, epochs=5, random_state=0,
+    ...                               show_progressbar=False).fit(X)
+    >>> ae.transform(X).shape, ae.components_.shape
+    ((200, 2), (2, 32))
+    """
+
+    def __init__(self, n_components: int = 4, *, encoder: str = "dense",
+                 decoder: str = "nonlinear", variational: bool = False, loss: str = "auto",
+                 normalization: str = "auto", epochs: int | str = "auto",
+                 batch_size: int | str = "auto", learning_rate: float = 5e-3,
+                 weight_decay: float = 0.0, hidden_layer_sizes: tuple[int, int] | None = None,
+                 beta: float = 1.0, validation_fraction: float = 0.1,
+                 patience: int | None = 10, partial_fit_epochs: int = 1,
+                 device: str = "auto", random_state=None,
+                 show_progressbar: bool | None = None) -> None:
+        self.n_components = n_components
+        self.encoder = encoder
+        self.decoder = decoder
+        self.variational = variational
+        self.loss = loss
+        self.normalization = normalization
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.beta = beta
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.partial_fit_epochs = partial_fit_epochs
+        self.device = device
+        self.random_state = random_state
+        self.show_progressbar = show_progressbar
+
+    # -- engine hooks -----------------------------------------------------------------------
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.encoder not in ("dense", "conv"):
+            raise ValueError(f"encoder must be 'dense' or 'conv', got {self.encoder!r}")
+        if self.decoder not in ("linear", "nonlinear"):
+            raise ValueError(f"decoder must be 'linear' or 'nonlinear', got {self.decoder!r}")
+
+    def _build_module(self, n_features: int) -> torch.nn.Module:
+        k = self.n_components
+        if not (isinstance(k, (int, np.integer)) and 1 <= k <= n_features):
+            raise ValueError(f"n_components must be an integer between 1 and the number of "
+                             f"channels ({n_features}), got {k!r}")
+        hidden = self.hidden_layer_sizes or default_hidden_sizes(n_features, int(k))
+        self.hidden_layer_sizes_ = tuple(int(h) for h in hidden)
+        return SpectralAutoencoder(n_features, int(k), encoder=self.encoder,
+                                   decoder=self.decoder, variational=self.variational,
+                                   nonnegative=self.nonnegative_, hidden=self.hidden_layer_sizes_)
+
+    def _step_loss(self):
+        module, norm = self.module_, self.normalizer_
+        poisson = self.loss_ == "poisson"
+        n_features = self.n_features_in_
+
+        def step(x: torch.Tensor, training: bool) -> torch.Tensor:
+            xn, m = norm.forward(x)
+            y, _, mu, logvar = module(xn, sample=training)
+            loss = poisson_deviance(y * m, x) if poisson else gaussian_loss(y, xn)
+            if logvar is not None:
+                kl = -0.5 * torch.sum(1 + logvar - mu**2 - logvar.exp(), dim=1).mean()
+                loss = loss + self.beta * kl / n_features
+            return loss
+
+        return step
+
+    def _after_fit(self, source: RowSource) -> None:
+        """Sort latent dimensions by explained variance and derive ``components_``."""
+        rng = np.random.default_rng(0)
+        sample = source.sample(_STAT_ROWS, rng)
+        loadings = self._encode(sample)
+        self.typical_scale_ = float(np.median(self._row_scale(sample)))
+        ev = self._component_variances(sample, loadings)
+        order = np.argsort(ev)[::-1].copy()
+        if not np.array_equal(order, np.arange(len(order))):
+            self.module_.permute_latent(torch.as_tensor(order, device=self.device_))
+            loadings = loadings[:, order]
+        ev = self._component_variances(sample, loadings)
+        self.explained_variance_ = ev
+        total = float(np.var(sample, axis=0).sum()) if len(sample) > 1 else 0.0
+        self.explained_variance_ratio_ = ev / total if total > 0 else np.zeros_like(ev)
+
+    def _component_variances(self, sample: np.ndarray, loadings: np.ndarray) -> np.ndarray:
+        self.components_ = self._components(sample, loadings)
+        var = loadings.var(axis=0) if len(loadings) > 1 else np.zeros(loadings.shape[1])
+        return (var * (self.components_.astype(np.float64) ** 2).sum(axis=1)).astype(np.float64)
+
+    def _components(self, sample: np.ndarray, loadings: np.ndarray) -> np.ndarray:
+        c = np.asarray(self.normalizer_.channel_scale, dtype=np.float64)
+        if self.module_.linear_decoder:
+            with torch.no_grad():
+                eye = torch.eye(self.n_components, device=self.device_)
+                w = self.module_.decode(eye).cpu().numpy().astype(np.float64)
+            return (w * c).astype(np.float32)
+        # least-squares linear surrogate of the nonlinear decoder on the training sample
+        recon = self.inverse_transform(loadings).astype(np.float64)
+        comps, *_ = np.linalg.lstsq(loadings.astype(np.float64), recon, rcond=None)
+        return comps.astype(np.float32)
+
+    def _row_scale(self, X: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.as_tensor(np.asarray(X, np.float32), device=self.device_)
+            return self.normalizer_.row_scale(x).cpu().numpy().ravel()
+
+    def _encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        norm = self.normalizer_
+        r = norm.row_scale(x)
+        xn = x / norm.multiplier(r)
+        mu, _ = self.module_.encode(xn)
+        return self.module_.latent_activation(mu) * r
+
+    def _decode_tensor(self, loadings: torch.Tensor) -> torch.Tensor:
+        c = torch.as_tensor(self.normalizer_.channel_scale, device=loadings.device)
+        return self.module_.decode(loadings) * c
+
+    def _encode(self, X: np.ndarray) -> np.ndarray:
+        return self._apply_numpy(X, self._encode_tensor)
+
+    # -- public API -------------------------------------------------------------------------
+    def transform(self, X):
+        """Latent codes (loadings) of spectra; dask in gives dask out.
+
+        Parameters
+        ----------
+        X
+            Array of shape ``(n_spectra, n_features)``.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_spectra, n_components)
+        """
+        X = self._validate_transform_input(X)
+        return self._map_rows(X, self._encode_tensor, self.n_components)
+
+    def inverse_transform(self, X):
+        """Exact reconstruction from latent codes (loadings); dask in gives dask out.
+
+        Parameters
+        ----------
+        X
+            Array of shape ``(n_spectra, n_components)``.
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_spectra, n_features)
+        """
+        check_is_fitted(self, "module_")
+        if not hasattr(X, "dask"):
+            X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_components:
+            raise ValueError(f"inverse_transform expects shape (n, {self.n_components}), "
+                             f"got {X.shape}")
+        return self._map_rows(X, self._decode_tensor, self.n_features_in_)
+
+    def reconstruct(self, X):
+        """Encode then decode spectra (the exact nonlinear reconstruction).
+
+        Returns
+        -------
+        ndarray or dask array of the shape of ``X``
+        """
+        X = self._validate_transform_input(X)
+        return self._map_rows(X, lambda x: self._decode_tensor(self._encode_tensor(x)),
+                              self.n_features_in_)
+
+    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
+        """Draw spectra from the prior of a variational model, at the typical intensity.
+
+        Parameters
+        ----------
+        n_samples
+            Number of spectra.
+        random_state
+            Seed of the latent draws.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features)
+        """
+        check_is_fitted(self, "module_")
+        if not self.variational:
+            raise ValueError("sample() needs a variational model: fit with variational=True.")
+        gen = torch.Generator().manual_seed(int(np.random.default_rng(random_state)
+                                                .integers(2**31)))
+        z = torch.randn(n_samples, self.n_components, generator=gen).to(self.device_)
+        with torch.no_grad():
+            code = self.module_.latent_activation(z) * self.typical_scale_
+            return self._decode_tensor(code).cpu().numpy()
+
+    # -- persistence ------------------------------------------------------------------------
+    def _fitted_arrays(self):
+        return {**super()._fitted_arrays(), "components_": self.components_,
+                "explained_variance_": self.explained_variance_,
+                "explained_variance_ratio_": self.explained_variance_ratio_}
+
+    def _fitted_config(self):
+        return {**super()._fitted_config(), "typical_scale_": self.typical_scale_,
+                "hidden_layer_sizes_": list(self.hidden_layer_sizes_)}
+
+    def _restore(self, config, arrays, weights):
+        self.hidden_layer_sizes = tuple(config["hidden_layer_sizes_"])
+        self.nonnegative_ = config["nonnegative_"]
+        super()._restore(config, arrays, weights)
+        self.typical_scale_ = config["typical_scale_"]
+        for key in ("components_", "explained_variance_", "explained_variance_ratio_"):
+            setattr(self, key, arrays[key])
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        return tags

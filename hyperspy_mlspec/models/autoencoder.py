@@ -1,0 +1,192 @@
+"""Autoencoder modules for 1-D spectra.
+
+Design choices that the estimators rely on:
+
+* Decoders are positively homogeneous: ``decode(a * z) = a * decode(z)`` for ``a > 0``
+  (the linear decoder has no bias; the nonlinear one is ``|z| g(z / |z|)`` with ``g`` an
+  ordinary MLP). The per-spectrum intensity scale can therefore be folded into the latent
+  code (HyperSpy's "loadings") and the reconstruction from loadings alone is exact, with a
+  linear or a nonlinear decoder.
+* With ``nonnegative=True`` outputs are non-negative (valid Poisson rates): the linear
+  decoder has softplus-parameterised weights and non-negative codes (NMF-like, interpretable
+  components); the nonlinear one ends in a softplus.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def default_hidden_sizes(n_features: int, n_components: int) -> tuple[int, int]:
+    """Hidden widths chosen from the data: about a quarter of the channels, at least 64.
+
+    Examples
+    --------
+    >>> default_hidden_sizes(1024, 4)
+    (256, 128)
+    """
+    h1 = int(min(512, max(64, n_features // 4, 8 * n_components)))
+    return h1, max(32, h1 // 2, 4 * n_components)
+
+
+class NonNegativeLinear(nn.Module):
+    """Bias-free linear map with weights ``softplus(raw)`` (non-negative, smooth)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        # initialise so softplus(raw) ~ U(0, 2/n_in): outputs start near the data scale
+        init = torch.rand(n_out, n_in) * (2.0 / n_in) + 1e-4
+        self.raw = nn.Parameter(torch.log(torch.expm1(init)))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return F.softplus(self.raw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T
+
+
+class DenseEncoder(nn.Module):
+    """Fully connected encoder ``D -> h1 -> h2 -> features``."""
+
+    def __init__(self, n_features: int, hidden: tuple[int, int]) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(n_features, hidden[0]), nn.SiLU(),
+            nn.Linear(hidden[0], hidden[1]), nn.SiLU(),
+        )
+        self.out_features = hidden[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvEncoder(nn.Module):
+    """1-D convolutional encoder: nearby channels share filters (peaks, edges)."""
+
+    def __init__(self, n_features: int, hidden: tuple[int, int]) -> None:
+        super().__init__()
+        widths = (1, 16, 32, 64)
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv1d(c_in, c_out, kernel_size=7, stride=2, padding=3), nn.SiLU()]
+        n_pool = max(4, min(32, n_features // 8))
+        self.conv = nn.Sequential(*layers, nn.AdaptiveAvgPool1d(n_pool))
+        self.head = nn.Sequential(nn.Linear(widths[-1] * n_pool, hidden[1]), nn.SiLU())
+        self.out_features = hidden[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x.unsqueeze(1)).flatten(1))
+
+
+class SpectralAutoencoder(nn.Module):
+    """Encoder, latent head (optionally variational) and homogeneous decoder.
+
+    Parameters
+    ----------
+    n_features
+        Channels per spectrum.
+    n_components
+        Latent dimensions.
+    encoder
+        ``"dense"`` or ``"conv"``.
+    decoder
+        ``"linear"`` (``x = z W``) or ``"nonlinear"`` (``|z| g(z / |z|)``, ``g`` an MLP).
+    variational
+        Add a log-variance head and sample latents during training (VAE).
+    nonnegative
+        Constrain outputs to be non-negative (needed by the Poisson loss).
+    hidden
+        Hidden widths ``(h1, h2)``; see :func:`default_hidden_sizes`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> ae = SpectralAutoencoder(64, 3, hidden=(32, 16))
+    >>> ae(torch.rand(5, 64))[0].shape
+    torch.Size([5, 64])
+    """
+
+    def __init__(self, n_features: int, n_components: int, encoder: str = "dense",
+                 decoder: str = "nonlinear", variational: bool = False,
+                 nonnegative: bool = True, hidden: tuple[int, int] = (256, 128)) -> None:
+        super().__init__()
+        hidden = (int(hidden[0]), int(hidden[1]))
+        # encoder inputs are standardised per channel: the variation between spectra, not
+        # their common mean, drives the first layer (set with ``standardize_inputs``)
+        self.register_buffer("input_shift", torch.zeros(n_features))
+        self.register_buffer("input_scale", torch.ones(n_features))
+        if encoder == "dense":
+            self.encoder = DenseEncoder(n_features, hidden)
+        elif encoder == "conv":
+            self.encoder = ConvEncoder(n_features, hidden)
+        else:
+            raise ValueError(f"encoder must be 'dense' or 'conv', got {encoder!r}")
+        self.mu = nn.Linear(self.encoder.out_features, n_components)
+        self.logvar = nn.Linear(self.encoder.out_features, n_components) if variational else None
+        self.linear_decoder = decoder == "linear"
+        self.nonnegative = bool(nonnegative)
+        if decoder == "nonlinear":
+            # decode(z) = |z| g(z / |z|): homogeneous of degree one whatever g is, so g can
+            # be an ordinary MLP with biases (trains well) and a softplus output (rates > 0)
+            self.hidden_decoder = nn.Sequential(
+                nn.Linear(n_components, hidden[1]), nn.SiLU(),
+                nn.Linear(hidden[1], hidden[0]), nn.SiLU(),
+                nn.Linear(hidden[0], n_features),
+            )
+            self.out = None
+        elif decoder == "linear":
+            self.hidden_decoder = None
+            self.out = (NonNegativeLinear(n_components, n_features) if nonnegative
+                        else nn.Linear(n_components, n_features, bias=False))
+        else:
+            raise ValueError(f"decoder must be 'linear' or 'nonlinear', got {decoder!r}")
+
+    def latent_activation(self, z: torch.Tensor) -> torch.Tensor:
+        """Non-negative codes for the non-negative linear decoder (NMF-like); identity else."""
+        return F.softplus(z) if (self.linear_decoder and self.nonnegative) else z
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the latent mean and log-variance (None unless variational)."""
+        h = self.encoder((x - self.input_shift) / self.input_scale)
+        return self.mu(h), (self.logvar(h) if self.logvar is not None else None)
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        """Map (activated) latent codes to normalised spectra; homogeneous of degree one."""
+        if self.linear_decoder:
+            return self.out(code)
+        scale = code.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        y = self.hidden_decoder(code / scale)
+        return scale * (F.softplus(y) if self.nonnegative else y)
+
+    def forward(self, x: torch.Tensor, sample: bool = False):
+        """Return ``(reconstruction, code, mu, logvar)``; sample latents if ``sample``."""
+        mu, logvar = self.encode(x)
+        z = mu
+        if sample and logvar is not None:
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        code = self.latent_activation(z)
+        return self.decode(code), code, mu, logvar
+
+    @torch.no_grad()
+    def standardize_inputs(self, x: torch.Tensor) -> None:
+        """Set the encoder's input shift and scale from a sample of (normalised) spectra."""
+        self.input_shift.copy_(x.mean(0))
+        std = x.std(0) if len(x) > 1 else torch.ones_like(self.input_scale)
+        floor = std[std > 0].mean() * 1e-3 if bool((std > 0).any()) else 1.0
+        self.input_scale.copy_(std.clamp_min(floor))
+
+    @torch.no_grad()
+    def permute_latent(self, order: torch.Tensor) -> None:
+        """Reorder latent dimensions in place (e.g. by explained variance)."""
+        heads = [self.mu] + ([self.logvar] if self.logvar is not None else [])
+        for head in heads:
+            head.weight.copy_(head.weight[order])
+            head.bias.copy_(head.bias[order])
+        first = self.out if self.linear_decoder else self.hidden_decoder[0]
+        if isinstance(first, NonNegativeLinear):
+            first.raw.copy_(first.raw[:, order])
+        else:
+            first.weight.copy_(first.weight[:, order])

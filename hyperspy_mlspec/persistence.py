@@ -1,0 +1,149 @@
+"""Model files: safetensors weights plus a JSON config, never pickle.
+
+One ``.mlspec`` file is a safetensors file whose header metadata holds the JSON config
+(estimator class, parameters, fitted state, training energy axis, package versions) and a
+SHA-256 checksum of config and tensors, so truncated or edited files are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "hyperspy_mlspec.model"
+FORMAT_VERSION = 1
+
+
+def _estimator_classes() -> dict:
+    # explicit registry: loading never imports or executes anything named by the file
+    from hyperspy_mlspec.estimators import AutoencoderDecomposition
+
+    return {"AutoencoderDecomposition": AutoencoderDecomposition}
+
+
+def _jsonable_params(estimator) -> dict:
+    params = {}
+    for key, value in estimator.get_params(deep=False).items():
+        if isinstance(value, np.integer):
+            value = int(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif not isinstance(value, (str, int, float, bool, list, type(None))):
+            value = None  # e.g. a RandomState instance: not reproducible from a file anyway
+        params[key] = value
+    return params
+
+
+def _checksum(config_json: str, tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256(config_json.encode())
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_model(estimator, path: str | os.PathLike) -> Path:
+    """Write a fitted estimator to ``path`` (see the module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from hyperspy_mlspec import AutoencoderDecomposition, load_model
+    >>> X = np.random.default_rng(0).poisson(5, (100, 16)).astype(float)
+    >>> ae = AutoencoderDecomposition(2, epochs=2, show_progressbar=False).fit(X)
+    >>> path = os.path.join(tempfile.mkdtemp(), "ae.mlspec")
+    >>> _ = save_model(ae, path)
+    >>> load_model(path).components_.shape
+    (2, 16)
+    """
+    import hyperspy
+    import sklearn
+    from safetensors.torch import save_file
+
+    from hyperspy_mlspec import __version__
+
+    if not hasattr(estimator, "module_"):
+        raise ValueError("only fitted estimators can be saved: call fit first")
+    name = type(estimator).__name__
+    if name not in _estimator_classes():
+        raise TypeError(f"cannot save {name}: not a hyperspy_mlspec estimator")
+    tensors = {f"module.{k}": v.detach().cpu().contiguous()
+               for k, v in estimator.module_.state_dict().items()}
+    for key, array in estimator._fitted_arrays().items():
+        tensors[f"array.{key}"] = torch.as_tensor(np.ascontiguousarray(array))
+    config = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "estimator": name,
+        "params": _jsonable_params(estimator), "fitted": estimator._fitted_config(),
+        "versions": {"hyperspy_mlspec": __version__, "torch": torch.__version__,
+                     "hyperspy": hyperspy.__version__, "scikit-learn": sklearn.__version__,
+                     "numpy": np.__version__},
+    }
+    config_json = json.dumps(config, default=float)
+    path = Path(path)
+    save_file(tensors, str(path), metadata={"config": config_json,
+                                            "sha256": _checksum(config_json, tensors)})
+    return path
+
+
+def load_model(path: str | os.PathLike):
+    """Load an estimator saved with ``model.save(path)``; no code from the file is run.
+
+    Parameters
+    ----------
+    path
+        A ``.mlspec`` file.
+
+    Returns
+    -------
+    estimator
+        The fitted estimator, on ``device="auto"``.
+
+    Raises
+    ------
+    ValueError
+        If the file is truncated, not a model file, edited after saving, or its weights do
+        not fit the recorded architecture.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable hyperspy_mlspec model file (truncated or "
+                         f"another format): {exc}") from None
+    if "config" not in meta:
+        raise ValueError(f"{path} is a safetensors file but not a hyperspy_mlspec model "
+                         "(no config in its header)")
+    config_json = meta["config"]
+    if meta.get("sha256") != _checksum(config_json, tensors):
+        raise ValueError(f"{path} failed its integrity check: the file was modified or "
+                         "damaged after it was saved. Re-save the model from its source.")
+    config = json.loads(config_json)
+    if config.get("format") != FORMAT or config.get("format_version", 99) > FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported model format {config.get('format')!r} "
+                         f"version {config.get('format_version')!r}; upgrade hyperspy_mlspec")
+    classes = _estimator_classes()
+    if config.get("estimator") not in classes:
+        raise ValueError(f"{path}: unknown estimator {config.get('estimator')!r}")
+    cls = classes[config["estimator"]]
+    params = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config["params"].items()}
+    estimator = cls(**params)
+    weights = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+    arrays = {k[len("array."):]: v.numpy() for k, v in tensors.items() if k.startswith("array.")}
+    try:
+        estimator._restore(config["fitted"], arrays, weights)
+    except (RuntimeError, KeyError) as exc:
+        raise ValueError(f"{path}: the weights do not match the recorded architecture "
+                         f"({exc})") from None
+    return estimator
