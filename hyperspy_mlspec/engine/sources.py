@@ -98,7 +98,7 @@ class RowSource(ABC):
         batch_size: int,
         split: Split = "train",
         rng: np.random.Generator | None = None,
-        buffer_rows: int = 65536,
+        buffer_rows: int | None = None,
         drop_last: bool = False,
     ) -> Iterator[np.ndarray]:
         """Yield float32 minibatches of one split.
@@ -112,10 +112,13 @@ class RowSource(ABC):
         rng
             Shuffles blocks and rows; None keeps the data order.
         buffer_rows
-            Rows gathered from random blocks before shuffling (bounds the memory).
+            Rows gathered from random blocks before shuffling (bounds the memory); None
+            uses about 64 MiB of float32 rows.
         drop_last
             Drop a final partial batch (keeps batch statistics stable when training).
         """
+        if buffer_rows is None:
+            buffer_rows = 2**24 // max(1, self.n_features)
         order = rng.permutation(self.n_blocks()) if rng is not None else None
         buffer: list[np.ndarray] = []
         n_buffered = 0

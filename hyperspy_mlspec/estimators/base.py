@@ -166,6 +166,8 @@ class SpectralEstimator(BaseEstimator):
         if hasattr(self.module_, "standardize_inputs") and len(sample):
             xn, _ = self.normalizer_.forward(torch.as_tensor(sample, dtype=torch.float32))
             self.module_.standardize_inputs(xn.to(self.device_))
+            if hasattr(self.module_, "init_from_data"):
+                self.module_.init_from_data(xn.to(self.device_))
         self._optimizer = None
         self.history_: list[dict] = []
         self.n_epochs_ = 0

@@ -1,0 +1,13 @@
+"""Synthetic EELS and EDS spectrum images with ground truth.
+
+Generators of realistic, reproducible test data for the machine-learning tools of
+:mod:`hyperspy_mlspec`: :func:`eels_map` (core-loss EELS of an iron/titanium oxide with an
+oxidation front) and :func:`eds_map` (STEM-EDS of a stainless steel), both returning exspy
+signals and, on request, a :class:`GroundTruth`.
+"""
+
+from ._common import GroundTruth
+from ._eds import eds_map
+from ._eels import eels_map
+
+__all__ = ["GroundTruth", "eds_map", "eels_map"]

@@ -1,0 +1,150 @@
+"""AutoencoderDecomposition as a scikit-learn estimator."""
+
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.estimator_checks import check_estimator
+
+from hyperspy_mlspec import AutoencoderDecomposition
+from tests.conftest import FAST, mixture_map
+
+
+@pytest.fixture(scope="module")
+def counts():
+    s, clean = mixture_map((20, 20), n_channels=64, dose=30)
+    return s.data.reshape(-1, 64), clean.reshape(-1, 64)
+
+
+def test_sklearn_estimator_checks():
+    # n_components=1: the checks fit on data with only 2-3 features, and asking for more
+    # components than channels is (rightly) an error
+    failures = [r for r in check_estimator(
+        AutoencoderDecomposition(n_components=1, epochs=3, random_state=0,
+                                 show_progressbar=False), on_fail=None)
+        if r["status"] == "failed"]
+    assert not failures, [(r["check_name"], str(r["exception"])[:200]) for r in failures]
+
+
+def test_no_mean_attribute_and_fitted_attributes(counts):
+    X, _ = counts
+    ae = AutoencoderDecomposition(3, **FAST).fit(X)
+    assert not hasattr(ae, "mean_")
+    assert ae.components_.shape == (3, 64)
+    assert ae.explained_variance_.shape == (3,)
+    assert np.all(np.diff(ae.explained_variance_) <= 1e-9)  # sorted, largest first
+    assert ae.loss_ == "poisson" and ae.normalization_ == "sum"
+    assert len(ae.history_) == ae.n_epochs_ == 8
+    assert {"train_loss", "val_loss", "learning_rate", "seconds"} <= set(ae.history_[0])
+
+
+@pytest.mark.parametrize("decoder", ["linear", "nonlinear"])
+@pytest.mark.parametrize("encoder", ["dense", "conv"])
+def test_reconstruction_beats_noise_and_linear_decoder_is_exact(counts, encoder, decoder):
+    X, clean = counts
+    ae = AutoencoderDecomposition(3, encoder=encoder, decoder=decoder, epochs=60,
+                                  random_state=0, show_progressbar=False).fit(X)
+    L = ae.transform(X)
+    rec = ae.inverse_transform(L)
+    np.testing.assert_allclose(rec, ae.reconstruct(X), rtol=1e-4, atol=1e-4)
+    noise_err = np.mean((X - clean) ** 2)
+    assert np.mean((rec - clean) ** 2) < 0.2 * noise_err
+    if decoder == "linear":
+        # HyperSpy's model loadings @ factors.T is exact, and components are non-negative
+        np.testing.assert_allclose(L @ ae.components_, rec, rtol=1e-4, atol=1e-3)
+        assert ae.components_.min() >= 0 and L.min() >= 0
+
+
+def test_competitive_with_pca_on_linear_data(counts):
+    X, clean = counts
+    pca = PCA(3).fit(X)
+    pca_err = np.mean((pca.inverse_transform(pca.transform(X)) - clean) ** 2)
+    ae = AutoencoderDecomposition(3, random_state=0, show_progressbar=False).fit(X)
+    ae_err = np.mean((ae.reconstruct(X) - clean) ** 2)
+    assert ae_err < 1.5 * pca_err  # PCA is near optimal here; the AE must stay close
+
+
+def test_same_seed_same_result(counts):
+    X, _ = counts
+    a = AutoencoderDecomposition(2, **FAST).fit(X).transform(X)
+    b = AutoencoderDecomposition(2, **FAST).fit(X).transform(X)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_variational_samples_and_kl(counts):
+    X, _ = counts
+    vae = AutoencoderDecomposition(2, variational=True, **FAST).fit(X)
+    draws = vae.sample(5, random_state=1)
+    assert draws.shape == (5, 64) and np.all(draws >= 0)
+    np.testing.assert_array_equal(draws, vae.sample(5, random_state=1))
+    with pytest.raises(ValueError, match="variational"):
+        AutoencoderDecomposition(2, **FAST).fit(X).sample(1)
+
+
+def test_partial_fit_continues_training(counts):
+    X, _ = counts
+    ae = AutoencoderDecomposition(2, partial_fit_epochs=2, **FAST)
+    for block in np.array_split(X, 4):
+        ae.partial_fit(block)
+    assert ae.n_epochs_ == 8 and ae.components_.shape == (2, 64)
+    assert ae.history_[-1]["train_loss"] < ae.history_[0]["train_loss"]
+
+
+def test_dask_in_dask_out_matches_numpy(counts):
+    X, _ = counts
+    ae = AutoencoderDecomposition(2, **FAST).fit(X)
+    Xd = da.from_array(X, chunks=(50, 32))
+    Ld = ae.transform(Xd)
+    assert isinstance(Ld, da.Array)
+    np.testing.assert_allclose(Ld.compute(), ae.transform(X), rtol=1e-5, atol=1e-5)
+    ae_lazy = AutoencoderDecomposition(2, **FAST).fit(Xd)  # streamed fit works too
+    assert ae_lazy.components_.shape == (2, 64)
+
+
+def test_integer_dtypes_do_not_overflow(counts):
+    X, _ = counts
+    big = (X * 300).astype(np.uint16)  # sums overflow uint16
+    ae = AutoencoderDecomposition(2, **FAST).fit(big)
+    assert np.isfinite(ae.transform(big)).all()
+    ref = AutoencoderDecomposition(2, **FAST).fit(big.astype(np.float64))
+    np.testing.assert_allclose(ae.transform(big), ref.transform(big), rtol=1e-4)
+
+
+def test_in_sklearn_pipeline(counts):
+    from sklearn.preprocessing import FunctionTransformer
+
+    X, _ = counts
+    pipe = make_pipeline(FunctionTransformer(np.sqrt),
+                         AutoencoderDecomposition(2, **FAST)).fit(X)
+    assert pipe.transform(X).shape == (len(X), 2)
+
+
+@pytest.mark.parametrize("params, data, match", [
+    ({"n_components": 0}, None, "n_components"),
+    ({"n_components": 65}, None, "n_components"),
+    ({"loss": "poisson"}, "negative", "non-negative counts"),
+    ({"batch_size": 1000}, None, "batch_size=1000 is larger"),
+    ({"decoder": "quadratic"}, None, "decoder"),
+    ({"loss": "l1"}, None, "loss"),
+    ({}, "nan", "NaN"),
+    ({"normalization": "sum"}, "negative", "non-negative"),
+])
+def test_bad_input_clear_errors_and_data_untouched(counts, params, data, match):
+    X, _ = counts
+    X = X.copy()
+    if data == "negative":
+        X[0, 0] = -5
+    elif data == "nan":
+        X[1, 3] = np.nan
+    before = X.copy()
+    with pytest.raises(ValueError, match=match):
+        AutoencoderDecomposition(**{"n_components": 2, **FAST, **params}).fit(X)
+    np.testing.assert_array_equal(X, before)
+
+
+def test_wrong_feature_count_on_transform(counts):
+    X, _ = counts
+    ae = AutoencoderDecomposition(2, **FAST).fit(X)
+    with pytest.raises(ValueError, match="expecting 64 features"):
+        ae.transform(X[:, :10])
