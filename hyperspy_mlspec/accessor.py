@@ -112,7 +112,7 @@ class MLSpecNamespace:
         if t.nav_index is not None:
             flat = np.ones(t.n_nav, dtype=bool)
             flat[t.nav_index] = False
-            hs_nav_mask = s._get_navigation_signal(data=flat.reshape(t.nav_shape))
+            hs_nav_mask = s._get_navigation_signal(data=flat.reshape(t.nav_shape)).T
         s.decomposition(algorithm=_Prefitted(est), navigation_mask=hs_nav_mask,
                         signal_mask=hs_signal_mask, print_info=print_info)
         s.learning_results.decomposition_algorithm = est
@@ -160,6 +160,190 @@ class MLSpecNamespace:
         sio.record(out, "reconstruct", model=type(model).__name__,
                    n_components=getattr(model, "n_components", None))
         return out
+
+    # -- denoising --------------------------------------------------------------------------
+    def denoise(self, model=None, noise: str = "poisson-split", *, navigation_mask=None,
+                signal_range=None, return_residuals: bool = False,
+                residual_statistics: bool = False, show_progressbar: bool | None = None,
+                **estimator_params: Any):
+        """Denoise every spectrum with a denoising autoencoder (DAE).
+
+        With no ``model``, a :class:`~hyperspy_mlspec.DenoisingAutoencoder` is trained on
+        the signal itself (self-supervised: no clean data needed) and applied to it; with a
+        fitted model (e.g. trained on simulations with ``noise="supervised"``, or on another
+        map, or the path of a saved one), that model is applied. For count data the
+        denoised spectra keep the total counts of each input spectrum.
+
+        Parameters
+        ----------
+        model
+            None (fit on this signal), a fitted ``DenoisingAutoencoder``, or a model file.
+            A model trained on another energy axis is applied after resampling this signal
+            onto it.
+        noise
+            Noise model when fitting: ``"poisson-split"`` (counts, default) or ``"mask"``
+            (any data; use ``loss="mse"`` for data that are not counts).
+        navigation_mask
+            True excludes a pixel from fitting and denoising (its output is NaN).
+        signal_range
+            ``(start, end)`` in axis units (numbers, ``"700 eV"``...): fit and denoise only
+            these channels (the output has only these channels). Fitting only.
+        return_residuals
+            Also return the residuals ``s - denoised`` (same axes as the output).
+        residual_statistics
+            Also return a dict of navigation maps: ``"mean_normalized_residual"``, the mean
+            of ``(x - d) / sqrt(d)`` per pixel, and ``"chi2_per_channel"``, the mean of
+            ``(x - d)**2 / d``: about 0 and 1 where only noise was removed; structure that
+            was discarded shows up as pixels well above 1.
+        show_progressbar
+            None follows ``hs.preferences.General.show_progressbar``.
+        **estimator_params
+            Any :class:`~hyperspy_mlspec.DenoisingAutoencoder` parameter (fitting only).
+
+        Returns
+        -------
+        BaseSignal or tuple
+            The denoised signal (same class, axes and metadata, title ending in
+            "(DAE denoised)", lazy when ``s`` is lazy), followed by the residual signal
+            and/or the statistics dict when asked for.
+
+        Examples
+        --------
+        >>> import hyperspy_mlspec
+        >>> s = hyperspy_mlspec.data.eels_map((16, 16), n_channels=128, dose=2)
+        >>> d, stats = s.mlspec.denoise(residual_statistics=True, epochs=5,
+        ...                             show_progressbar=False)
+        >>> d.data.shape, stats["chi2_per_channel"].data.shape
+        ((16, 16, 128), (16, 16))
+        """
+        from hyperspy_mlspec.denoise import denoise_signal
+
+        return denoise_signal(self._signal, model, noise, navigation_mask=navigation_mask,
+                              signal_range=signal_range, return_residuals=return_residuals,
+                              residual_statistics=residual_statistics,
+                              show_progressbar=show_progressbar, **estimator_params)
+
+    # -- anomalies, latent phase maps -------------------------------------------------------
+    def anomaly_map(self, model=None, metric: str = "auto", *, navigation_mask=None,
+                    n_components: int = 4, robust: float = 0.05, smoothing: float = 0.0,
+                    show_progressbar: bool | None = None, return_model: bool = False,
+                    **estimator_params: Any):
+        """Per-pixel reconstruction error: a map of what the model cannot explain.
+
+        Poisson deviance per channel for counts (bright pixels are not flagged for being
+        bright), mean squared error otherwise. With no ``model`` a small autoencoder is
+        fitted on the signal, then refitted without its worst-explained ``robust``
+        fraction of pixels so that rare phases are not learned. See
+        :func:`hyperspy_mlspec.anomaly.anomaly_map` for all parameters.
+
+        Returns
+        -------
+        Signal2D, Signal1D or float
+            Navigation-shaped score (NaN where excluded or non-finite), a float for a single
+            spectrum; ``(score, model)`` with ``return_model``.
+
+        Examples
+        --------
+        >>> import hyperspy_mlspec
+        >>> s = hyperspy_mlspec.data.eds_map((16, 16), n_channels=128, rare_phase=True)
+        >>> score = s.mlspec.anomaly_map(epochs=5, show_progressbar=False)
+        >>> s.plot(navigator=score)  # doctest: +SKIP
+        """
+        from hyperspy_mlspec.anomaly import anomaly_map
+
+        return anomaly_map(self._signal, model, metric, navigation_mask=navigation_mask,
+                           n_components=n_components, robust=robust, smoothing=smoothing,
+                           show_progressbar=show_progressbar, return_model=return_model,
+                           **estimator_params)
+
+    def anomalies(self, anomaly_map=None, *, threshold: str = "mad", k: float = 5.0,
+                  q: float = 0.99, alpha: float = 1e-3, min_size: int = 1, model=None,
+                  **map_params: Any):
+        """Anomalous pixels, their connected regions and the regions' mean spectra.
+
+        Thresholds: ``"mad"`` (median + ``k`` robust standard deviations), ``"quantile"``
+        (``q``) or ``"pvalue"`` (chi-squared test of the Poisson deviance at ``alpha``).
+        See :func:`hyperspy_mlspec.anomaly.anomalies`.
+
+        Returns
+        -------
+        AnomalyResult
+            ``score``, ``mask``, ``threshold``, ``labels``, ``regions`` (each with size,
+            calibrated centroid, ``mean_spectrum`` and ``mean_residual``) and ``model``.
+
+        Examples
+        --------
+        >>> import hyperspy_mlspec
+        >>> s = hyperspy_mlspec.data.eds_map((24, 24), n_channels=128, rare_phase=True,
+        ...                                  rare_fraction=0.01)
+        >>> found = s.mlspec.anomalies(epochs=20, show_progressbar=False)
+        >>> found.regions[0].mean_spectrum.plot()  # doctest: +SKIP
+        """
+        from hyperspy_mlspec.anomaly import anomalies
+
+        return anomalies(self._signal, anomaly_map, threshold=threshold, k=k, q=q,
+                         alpha=alpha, min_size=min_size, model=model, **map_params)
+
+    def cluster(self, model=None, n_clusters: int = 4, method: str = "kmeans", *,
+                normalize: str = "shape", navigation_mask=None, n_components: int = 4,
+                random_state: int | None = 0, show_progressbar: bool | None = None,
+                **estimator_params: Any):
+        """Latent phase map: cluster the latent codes (direction only by default, so
+        clusters follow chemistry rather than thickness or dose).
+
+        HyperSpy's own clustering takes the same codes:
+        ``s.cluster_analysis(cluster_source=s.mlspec.encode(model), source_for_centers=s,
+        preprocessing="norm", n_clusters=3)``. See :func:`hyperspy_mlspec.anomaly.cluster`.
+
+        Returns
+        -------
+        ClusterResult
+            ``labels`` (navigation signal, -1 excluded), ``centers`` (cluster-mean spectra,
+            navigation axis ``"cluster"``), ``codes``, ``sizes``, ``model``.
+
+        Examples
+        --------
+        >>> import hyperspy_mlspec
+        >>> s = hyperspy_mlspec.data.eds_map((16, 16), n_channels=128)
+        >>> phases = s.mlspec.cluster(n_clusters=3, epochs=5, show_progressbar=False)
+        >>> phases.centers.plot()  # doctest: +SKIP
+        """
+        from hyperspy_mlspec.anomaly import cluster
+
+        return cluster(self._signal, model, n_clusters, method, normalize=normalize,
+                       navigation_mask=navigation_mask, n_components=n_components,
+                       random_state=random_state, show_progressbar=show_progressbar,
+                       **estimator_params)
+
+    def embedding_2d(self, model=None, method: str = "pca", color_by=None, *,
+                     normalize: str = "shape", navigation_mask=None, n_components: int = 4,
+                     random_state: int | None = 0, show_progressbar: bool | None = None,
+                     **estimator_params: Any):
+        """2-D embedding (PCA, or UMAP with ``umap-learn``) of the latent codes.
+
+        ``color_by`` (a :class:`~hyperspy_mlspec.anomaly.ClusterResult` or labels) draws a
+        scatter plot right away; :func:`hyperspy_mlspec.anomaly.plot_embedding` draws one
+        later. See :func:`hyperspy_mlspec.anomaly.embedding_2d`.
+
+        Returns
+        -------
+        hyperspy.signals.Signal1D
+            Navigation axes of the signal, signal axis ``"embedding"`` of size 2.
+
+        Examples
+        --------
+        >>> import hyperspy_mlspec
+        >>> s = hyperspy_mlspec.data.eds_map((16, 16), n_channels=128)
+        >>> emb = s.mlspec.embedding_2d(epochs=5, show_progressbar=False)
+        >>> emb.data.shape
+        (16, 16, 2)
+        """
+        from hyperspy_mlspec.anomaly import embedding_2d
+
+        return embedding_2d(self._signal, model, method, color_by, normalize=normalize,
+                            navigation_mask=navigation_mask, n_components=n_components,
+                            random_state=random_state, show_progressbar=show_progressbar,
+                            **estimator_params)
 
 
 def _namespace(self) -> MLSpecNamespace:

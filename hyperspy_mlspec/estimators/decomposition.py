@@ -133,7 +133,9 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         if not (isinstance(k, (int, np.integer)) and 1 <= k <= n_features):
             raise ValueError(f"n_components must be an integer between 1 and the number of "
                              f"channels ({n_features}), got {k!r}")
-        hidden = self.hidden_layer_sizes or default_hidden_sizes(n_features, int(k))
+        hidden = (getattr(self, "_restored_hidden", None) or self.hidden_layer_sizes
+                  or default_hidden_sizes(n_features, int(k)))
+        self._restored_hidden = None
         self.hidden_layer_sizes_ = tuple(int(h) for h in hidden)
         return SpectralAutoencoder(n_features, int(k), encoder=self.encoder,
                                    decoder=self.decoder, variational=self.variational,
@@ -289,7 +291,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
                 "hidden_layer_sizes_": list(self.hidden_layer_sizes_)}
 
     def _restore(self, config, arrays, weights):
-        self.hidden_layer_sizes = tuple(config["hidden_layer_sizes_"])
+        self._restored_hidden = tuple(config["hidden_layer_sizes_"])
         self.nonnegative_ = config["nonnegative_"]
         super()._restore(config, arrays, weights)
         self.typical_scale_ = config["typical_scale_"]

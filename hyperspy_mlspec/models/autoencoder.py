@@ -180,9 +180,18 @@ class SpectralAutoencoder(nn.Module):
 
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor) -> None:
-        """Start a linear decoder from spread-out data spectra (farthest-point choice),
-        as NMF initialisations do: far fewer epochs than a random start."""
-        if not self.linear_decoder or len(x) == 0:
+        """Start near the data: a linear decoder from spread-out data spectra
+        (farthest-point choice, as NMF initialisations do), a nonlinear one at the mean
+        spectrum. Both need far fewer epochs than a random start."""
+        if len(x) == 0:
+            return
+        if not self.linear_decoder:
+            code_norm = self.encode(x)[0].norm(dim=1).mean().clamp_min(1e-6)
+            target = x.mean(0) / code_norm
+            last = self.hidden_decoder[-1]
+            last.weight.mul_(0.1)
+            last.bias.copy_(torch.log(torch.expm1(target.clamp_min(1e-4)))
+                            if self.nonnegative else target)
             return
         k = self.out.weight.shape[1]
         chosen = [int(torch.argmax(x.sum(1)))]
