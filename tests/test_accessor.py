@@ -162,3 +162,23 @@ def test_entry_point_registration_keeps_hyperspy_working():
 
     eps = [e for e in entry_points(group="hyperspy.extensions") if e.name == "hyperspy_mlspec"]
     assert eps and eps[0].value == "hyperspy_mlspec"
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_hyperspy_decomposition_with_estimator_object(mixture, lazy):
+    s, _ = mixture
+    if lazy:
+        s = s.as_lazy()
+        s.data = s.data.rechunk((5, 12, 96))
+    before = np.array(s.data)
+    est = hyperspy_mlspec.AutoencoderDecomposition(2, decoder="linear", partial_fit_epochs=3,
+                                                   **FAST)
+    s.decomposition(algorithm=est, print_info=False)
+    np.testing.assert_array_equal(np.array(s.data), before)  # no mean_ added back
+    assert s.learning_results.factors.shape == (96, 2)
+    if lazy:  # partial_fit once per navigation block, 3 epochs each
+        assert est.n_epochs_ >= 6 and est.n_epochs_ % 3 == 0
+    else:
+        assert est.n_epochs_ == 8
+    model = s.get_decomposition_model(2)
+    assert np.isfinite(np.array(model.data)).all()
