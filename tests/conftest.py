@@ -29,7 +29,7 @@ def mixture_map(shape=(12, 10), n_channels=96, dose=30.0, seed=0):
     s = exspy.signals.EELSSpectrum(rng.poisson(clean).astype(np.float32))
     ax = s.axes_manager.signal_axes[0]
     ax.name, ax.units, ax.offset, ax.scale = "Energy loss", "eV", 500.0, 0.5
-    for nav, name in zip(s.axes_manager.navigation_axes, ("x", "y")):
+    for nav, name in zip(s.axes_manager.navigation_axes, ("x", "y"), strict=True):
         nav.name, nav.units, nav.scale = name, "nm", 2.0
     s.metadata.General.title = "mixture"
     return s, clean.astype(np.float32)

@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from hyperspy_mlspec.engine import (ArraySource, DaskSource, Normalizer, poisson_deviance,
-                                    resolve_device, train)
+from hyperspy_mlspec.engine import (
+    ArraySource,
+    DaskSource,
+    Normalizer,
+    poisson_deviance,
+    resolve_device,
+    train,
+)
 from hyperspy_mlspec.engine.sources import validation_rows
 
 

@@ -70,7 +70,7 @@ class ConvEncoder(nn.Module):
         super().__init__()
         widths = (1, 16, 32, 64)
         layers: list[nn.Module] = []
-        for c_in, c_out in zip(widths[:-1], widths[1:]):
+        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Conv1d(c_in, c_out, kernel_size=7, stride=2, padding=3), nn.SiLU()]
         n_pool = max(4, min(32, n_features // 8))
         self.conv = nn.Sequential(*layers, nn.AdaptiveAvgPool1d(n_pool))
