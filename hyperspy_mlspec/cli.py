@@ -1,0 +1,362 @@
+"""The ``hyperspy-mlspec`` command line: batch decomposition and the demo report.
+
+A thin layer: it parses arguments, calls the library (``s.mlspec.decomposition``,
+HyperSpy's ``decomposition``, :func:`hyperspy_mlspec.report.run_demo`) and reports one line
+per file. Problems with one file (missing, unreadable, not a spectrum image) are reported in
+one line and the other files are still processed; the exit status is then 1.
+
+Examples
+--------
+.. code-block:: console
+
+    $ hyperspy-mlspec decompose map1.hspy map2.zspy --method ae --components 4 --out results
+    $ hyperspy-mlspec demo --out mlspec_report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hyperspy_mlspec import __version__
+
+__all__ = ["build_parser", "main"]
+
+
+class CLIError(Exception):
+    """A problem with one input, reported as a single line (no traceback)."""
+
+
+# -- argument parsing -----------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _epochs(text: str) -> int | str:
+    if text == "auto":
+        return "auto"
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'auto', got {text!r}") from None
+
+
+def _position(text: str) -> float | str:
+    """A signal-range end: a number in axis units, or text with units such as '0.6 keV'."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``hyperspy-mlspec`` (see ``hyperspy-mlspec --help``)."""
+    parser = argparse.ArgumentParser(
+        prog="hyperspy-mlspec",
+        description="Machine learning (autoencoder decomposition) for HyperSpy spectrum "
+                    "images (EELS, EDS, any signal with one spectral axis).",
+        epilog="Run 'hyperspy-mlspec COMMAND --help' for the options of a command.")
+    parser.add_argument("--version", action="version",
+                        version=f"hyperspy-mlspec (hyperspy_mlspec {__version__})")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show HyperSpy's warnings and full tracebacks")
+    parser.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+                        help="CPU threads of torch and of numpy's BLAS (default: 1; the "
+                             "small networks train fastest single-threaded, and several "
+                             "threads slow down badly when other processes share the cores)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    dec = sub.add_parser(
+        "decompose", help="decompose spectrum-image files (autoencoder or PCA)",
+        description="Decompose each file HyperSpy can read (.hspy, .zspy, .msa, .dm3/.dm4, "
+                    ".emd...) and write, for each, DIR/<name>/loadings.hspy, factors.hspy, "
+                    "summary.json and, for --method ae, the model (model.mlspec, reload it "
+                    "with hyperspy_mlspec.load_model).")
+    dec.add_argument("files", nargs="+", metavar="FILE", help="input files")
+    dec.add_argument("--method", choices=("ae", "pca"), default="ae",
+                     help="ae: autoencoder (s.mlspec.decomposition); pca: HyperSpy's SVD with "
+                          "Poisson noise normalisation for non-negative data (default: ae)")
+    dec.add_argument("-k", "--components", type=_positive_int, required=True, metavar="K",
+                     help="number of components")
+    dec.add_argument("-o", "--out", type=Path, required=True, metavar="DIR",
+                     help="output folder (created if needed)")
+    dec.add_argument("--decoder", choices=("linear", "nonlinear"), default="nonlinear",
+                     help="autoencoder decoder; 'linear' makes HyperSpy's "
+                          "get_decomposition_model exact (default: nonlinear)")
+    dec.add_argument("--epochs", type=_epochs, default="auto", metavar="N|auto",
+                     help="maximum training epochs of the autoencoder (default: auto)")
+    dec.add_argument("--signal-range", nargs=2, type=_position, metavar=("START", "END"),
+                     help="use only this part of the spectral axis, in axis units "
+                          "(e.g. 400 900) or with units (e.g. '0.6 keV' '9 keV')")
+    dec.add_argument("--lazy", action="store_true",
+                     help="load lazily and stream the data (for files larger than memory)")
+    dec.add_argument("--seed", type=int, default=None, metavar="S",
+                     help="random seed of the autoencoder (reproducible results on CPU)")
+    dec.set_defaults(handler=_cmd_decompose)
+
+    demo = sub.add_parser(
+        "demo", help="compare the autoencoder with PCA on built-in synthetic EELS data",
+        description="Generate a synthetic EELS spectrum image with known noise-free truth, fit "
+                    "the autoencoder (nonlinear and linear decoders) and HyperSpy's PCA with "
+                    "the same number of components, and write an HTML report (DIR/index.html, "
+                    "plus DIR/report.md and the figures as PNG files).")
+    demo.add_argument("-o", "--out", type=Path, default=Path("mlspec_report"), metavar="DIR",
+                      help="report folder (default: mlspec_report)")
+    demo.add_argument("--quick", action="store_true",
+                      help="a small map and few epochs: seconds instead of minutes")
+    demo.add_argument("--seed", type=int, default=0, metavar="S",
+                      help="seed of the data and of the autoencoders (default: 0)")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+# -- decompose ------------------------------------------------------------------------------
+def _load_one(path: Path, lazy: bool, verbose: bool = False):
+    """Load a single 1-D-signal spectrum image, or raise :class:`CLIError`."""
+    import hyperspy.api as hs
+
+    from hyperspy_mlspec import signal_io
+
+    if not path.exists():
+        raise CLIError("no such file")
+    if path.is_dir() and path.suffix != ".zspy":
+        raise CLIError("is a folder, not a data file")
+    hs_logger = logging.getLogger("hyperspy")
+    level = hs_logger.level
+    if not verbose:  # HyperSpy logs its own message for unreadable files; ours says it all
+        hs_logger.setLevel(logging.CRITICAL)
+    try:
+        s = hs.load(str(path), lazy=lazy)
+    except Exception as exc:  # readers raise many types; the message is what matters
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CLIError(f"cannot read it: {msg}") from None
+    finally:
+        hs_logger.setLevel(level)
+    if isinstance(s, list):
+        raise CLIError(f"holds {len(s)} signals; save the spectrum image alone and retry")
+    try:
+        signal_io.check_signal(s)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    if s.axes_manager.navigation_dimension == 0:
+        raise CLIError("holds a single spectrum; decomposition needs a spectrum image "
+                       "(several spectra)")
+    return s
+
+
+def _signal_mask(s, signal_range) -> Any:
+    """HyperSpy's signal_mask (True = excluded) for a signal range, or None."""
+    import numpy as np
+
+    from hyperspy_mlspec import signal_io
+
+    if signal_range is None:
+        return None
+    channels = signal_io.signal_channels(s, None, signal_range)
+    if channels is None:
+        return None
+    mask = np.ones(s.axes_manager.signal_axes[0].size, dtype=bool)
+    mask[channels] = False
+    return mask
+
+
+def _is_nonnegative(s) -> bool:
+    low = s.data.min()
+    if hasattr(low, "compute"):
+        low = low.compute()
+    return bool(low >= 0)
+
+
+def _as_list(values) -> list[float] | None:
+    if values is None:
+        return None
+    return [float(v) for v in list(values)]
+
+
+def _decompose_file(path: Path, out_dir: Path, args: argparse.Namespace) -> dict:
+    s = _load_one(path, args.lazy, args.verbose)
+    k = args.components
+    n_channels = s.axes_manager.signal_axes[0].size
+    if k > n_channels:
+        raise CLIError(f"--components {k} exceeds the {n_channels} channels of the signal")
+    summary: dict[str, Any] = {
+        "file": str(path), "method": args.method, "n_components": k, "lazy": args.lazy,
+        "signal_range": None if args.signal_range is None else list(args.signal_range),
+        "navigation_shape": list(s.axes_manager.navigation_shape),
+        "n_channels": n_channels, "package": f"hyperspy_mlspec {__version__}",
+    }
+    t0 = time.perf_counter()
+    model = None
+    try:
+        if args.method == "ae":
+            model = s.mlspec.decomposition(
+                n_components=k, decoder=args.decoder, epochs=args.epochs,
+                random_state=args.seed, signal_range=args.signal_range)
+            summary.update(
+                decoder=args.decoder, epochs=args.epochs, seed=args.seed,
+                history_length=len(model.history_), loss=model.loss_,
+                normalization=model.normalization_, device=model.device_,
+                explained_variance=_as_list(model.explained_variance_),
+                explained_variance_ratio=_as_list(model.explained_variance_ratio_),
+                final_train_loss=model.history_[-1]["train_loss"] if model.history_ else None,
+                final_val_loss=model.history_[-1]["val_loss"] if model.history_ else None)
+        else:
+            poisson = _is_nonnegative(s)
+            s.decomposition(algorithm="SVD", normalize_poissonian_noise=poisson,
+                            output_dimension=k, signal_mask=_signal_mask(s, args.signal_range),
+                            print_info=False)
+            lr = s.learning_results
+            summary.update(
+                algorithm="SVD", normalize_poissonian_noise=poisson, history_length=None,
+                explained_variance=_as_list(lr.explained_variance[:k])
+                if lr.explained_variance is not None else None,
+                explained_variance_ratio=_as_list(lr.explained_variance_ratio[:k])
+                if lr.explained_variance_ratio is not None else None)
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"decomposition failed: {exc}") from None
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    s.get_decomposition_loadings().save(out_dir / "loadings.hspy", overwrite=True)
+    s.get_decomposition_factors().save(out_dir / "factors.hspy", overwrite=True)
+    outputs = ["loadings.hspy", "factors.hspy"]
+    if model is not None:
+        model.save(out_dir / "model.mlspec")
+        outputs.append("model.mlspec")
+    summary["outputs"] = outputs + ["summary.json"]
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str),
+                                          encoding="utf-8")
+    return summary
+
+
+def _unique_stems(paths: Sequence[Path]) -> list[str]:
+    """Output folder names: the file stems, with a suffix where two files share one."""
+    seen: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        stem = p.stem or p.name or "signal"
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        stems.append(stem if n == 0 else f"{stem}_{n + 1}")
+    return stems
+
+
+def _cmd_decompose(args: argparse.Namespace) -> int:
+    paths = [Path(f) for f in args.files]
+    n_failed = 0
+    for path, stem in zip(paths, _unique_stems(paths), strict=True):
+        target = args.out / stem
+        try:
+            summary = _decompose_file(path, target, args)
+        except CLIError as exc:
+            n_failed += 1
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            continue
+        except Exception as exc:
+            if args.verbose:
+                raise
+            n_failed += 1
+            print(f"error: {path}: {type(exc).__name__}: {exc} (rerun with --verbose for "
+                  "the traceback)", file=sys.stderr)
+            continue
+        epochs = (f", {summary['history_length']} epochs"
+                  if summary.get("history_length") is not None else "")
+        print(f"ok: {path} -> {target} ({args.method}, K={args.components}{epochs}, "
+              f"{summary['seconds']:.1f} s)")
+    if n_failed:
+        print(f"{n_failed} of {len(paths)} file(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- demo -----------------------------------------------------------------------------------
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # a command-line run never opens windows
+    from hyperspy_mlspec.report import DemoConfig, run_demo
+
+    config = DemoConfig.quick(seed=args.seed) if args.quick else DemoConfig(seed=args.seed)
+    try:
+        index = run_demo(args.out, config=config, log=print)
+    except OSError as exc:
+        print(f"error: cannot write the report to {args.out}: {exc}", file=sys.stderr)
+        return 1
+    print(f"Report written to {index.resolve()}")
+    return 0
+
+
+# -- entry point ----------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``hyperspy-mlspec`` with ``argv`` (default: ``sys.argv[1:]``).
+
+    Parameters
+    ----------
+    argv
+        Command-line arguments, without the program name.
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 1 if a file or the report failed, 2 for usage errors
+        (including no command).
+
+    Examples
+    --------
+    >>> main(["decompose", "map.hspy", "--method", "pca", "-k", "4", "--out", "res"])
+    ... # doctest: +SKIP
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    import hyperspy.api  # noqa: F401  (sets HyperSpy's log level: do it before we change it)
+
+    hs_logger = logging.getLogger("hyperspy")
+    level = hs_logger.level
+    with warnings.catch_warnings():
+        if not args.verbose:
+            hs_logger.setLevel(logging.ERROR)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module="hyperspy")
+            try:
+                from numpy.exceptions import VisibleDeprecationWarning
+            except ImportError:  # numpy < 1.25
+                from numpy import VisibleDeprecationWarning
+            warnings.simplefilter("ignore", VisibleDeprecationWarning)
+        import torch
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+        n_threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
+        try:
+            with threadpool_limits(limits=args.threads):  # numpy's BLAS (PCA) alike
+                return args.handler(args)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        finally:
+            hs_logger.setLevel(level)
+            torch.set_num_threads(n_threads)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
