@@ -3,6 +3,7 @@
 import matplotlib
 import numpy as np
 import pytest
+import torch
 
 matplotlib.use("Agg")
 
@@ -11,6 +12,10 @@ import hyperspy.api as hs  # noqa: E402
 import hyperspy_mlspec  # noqa: E402, F401  (registers s.mlspec)
 
 hs.preferences.General.show_progressbar = False
+
+# pytest -n 2 runs two workers on two cores: one torch thread each avoids oversubscription
+# (measured: the demo ran 10x slower with two threads per process on a busy 2-core machine)
+torch.set_num_threads(1)
 
 
 def mixture_map(shape=(12, 10), n_channels=96, dose=30.0, seed=0):

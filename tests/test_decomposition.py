@@ -34,7 +34,7 @@ def test_no_mean_attribute_and_fitted_attributes(counts):
     assert ae.components_.shape == (3, 64)
     assert ae.explained_variance_.shape == (3,)
     assert np.all(np.diff(ae.explained_variance_) <= 1e-9)  # sorted, largest first
-    assert ae.loss_ == "poisson" and ae.normalization_ == "sum"
+    assert ae.loss_ == "poisson" and ae.normalization_ == "poisson"
     assert len(ae.history_) == ae.n_epochs_ == 8
     assert {"train_loss", "val_loss", "learning_rate", "seconds"} <= set(ae.history_[0])
 

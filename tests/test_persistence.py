@@ -33,7 +33,7 @@ def test_round_trip_identical_outputs_and_config(fitted):
 
     with safe_open(str(path), framework="pt") as f:
         config = json.loads(f.metadata()["config"])
-    assert config["fitted"]["normalization_"] == "sum"
+    assert config["fitted"]["normalization_"] == "poisson"
     assert {"torch", "hyperspy", "hyperspy_mlspec"} <= set(config["versions"])
 
 

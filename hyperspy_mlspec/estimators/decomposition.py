@@ -40,7 +40,9 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         when the data are non-negative integers, else MSE.
     normalization
         Per-spectrum normalisation, inverted on output: ``"sum"``, ``"max"``,
-        ``"poisson"``, ``"none"`` or ``"auto"`` (``"sum"`` for non-negative data).
+        ``"poisson"``, ``"none"`` or ``"auto"`` (``"poisson"`` for counts, ``"sum"`` for
+        other non-negative data, else ``"none"``). Loadings carry the per-spectrum scale
+        (mean counts for ``"sum"``, its square root for ``"poisson"``).
     epochs
         Maximum passes over the data, or ``"auto"`` (about 3000 optimiser steps, 15-300
         epochs); early stopping on a held-out split usually ends sooner.

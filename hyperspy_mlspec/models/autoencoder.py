@@ -31,6 +31,11 @@ def default_hidden_sizes(n_features: int, n_components: int) -> tuple[int, int]:
     return h1, max(32, h1 // 2, 4 * n_components)
 
 
+def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    """``x`` with ``softplus(x) = y`` (y > 0), stable for large ``y``."""
+    return y + torch.log(-torch.expm1(-y))
+
+
 class NonNegativeLinear(nn.Module):
     """Bias-free linear map with weights ``softplus(raw)`` (non-negative, smooth)."""
 
@@ -38,7 +43,7 @@ class NonNegativeLinear(nn.Module):
         super().__init__()
         # initialise so softplus(raw) ~ U(0, 2/n_in): outputs start near the data scale
         init = torch.rand(n_out, n_in) * (2.0 / n_in) + 1e-4
-        self.raw = nn.Parameter(torch.log(torch.expm1(init)))
+        self.raw = nn.Parameter(inverse_softplus(init))
 
     @property
     def weight(self) -> torch.Tensor:
@@ -190,8 +195,8 @@ class SpectralAutoencoder(nn.Module):
             target = x.mean(0) / code_norm
             last = self.hidden_decoder[-1]
             last.weight.mul_(0.1)
-            last.bias.copy_(torch.log(torch.expm1(target.clamp_min(1e-4)))
-                            if self.nonnegative else target)
+            last.bias.copy_(inverse_softplus(target.clamp_min(1e-4)) if self.nonnegative
+                            else target)
             return
         k = self.out.weight.shape[1]
         chosen = [int(torch.argmax(x.sum(1)))]
@@ -203,7 +208,7 @@ class SpectralAutoencoder(nn.Module):
         code_scale = float(code.mean()) if self.nonnegative else 1.0
         w = x[chosen].T / (k * code_scale)  # (n_features, k)
         if isinstance(self.out, NonNegativeLinear):
-            self.out.raw.copy_(torch.log(torch.expm1(w.clamp_min(1e-4))))
+            self.out.raw.copy_(inverse_softplus(w.clamp_min(1e-4)))
         else:
             self.out.weight.copy_(w)
 
