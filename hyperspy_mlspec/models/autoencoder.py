@@ -3,13 +3,13 @@
 Design choices that the estimators rely on:
 
 * Decoders are positively homogeneous: ``decode(a * z) = a * decode(z)`` for ``a > 0``
-  (the linear decoder has no bias; the nonlinear one is ``|z| g(z / |z|)`` with ``g`` an
-  ordinary MLP). The per-spectrum intensity scale can therefore be folded into the latent
-  code (HyperSpy's "loadings") and the reconstruction from loadings alone is exact, with a
-  linear or a nonlinear decoder.
-* With ``nonnegative=True`` outputs are non-negative (valid Poisson rates): the linear
-  decoder has softplus-parameterised weights and non-negative codes (NMF-like, interpretable
-  components); the nonlinear one ends in a softplus.
+  (the linear decoder has no bias; the nonlinear one corrects it with an ordinary MLP of
+  the direction ``z / |z|``, which is of degree zero). The per-spectrum intensity scale
+  can therefore be folded into the latent code (HyperSpy's "loadings") and the
+  reconstruction from loadings alone is exact, with a linear or a nonlinear decoder.
+* With ``nonnegative=True`` outputs are non-negative (valid Poisson rates): codes and the
+  linear weights are softplus-parameterised (NMF-like, interpretable components) and the
+  nonlinear correction is multiplicative.
 """
 
 from __future__ import annotations
@@ -98,7 +98,9 @@ class SpectralAutoencoder(nn.Module):
     encoder
         ``"dense"`` or ``"conv"``.
     decoder
-        ``"linear"`` (``x = z W``) or ``"nonlinear"`` (``|z| g(z / |z|)``, ``g`` an MLP).
+        ``"linear"`` (``x = z W``) or ``"nonlinear"`` (the linear decoder corrected by an
+        MLP of ``z / |z|``: multiplied by ``exp(h)`` when non-negative, plus ``|z| h``
+        otherwise).
     variational
         Add a log-variance head and sample latents during training (VAE).
     nonnegative
@@ -131,27 +133,25 @@ class SpectralAutoencoder(nn.Module):
             raise ValueError(f"encoder must be 'dense' or 'conv', got {encoder!r}")
         self.mu = nn.Linear(self.encoder.out_features, n_components)
         self.logvar = nn.Linear(self.encoder.out_features, n_components) if variational else None
+        if decoder not in ("linear", "nonlinear"):
+            raise ValueError(f"decoder must be 'linear' or 'nonlinear', got {decoder!r}")
         self.linear_decoder = decoder == "linear"
         self.nonnegative = bool(nonnegative)
+        self.out = (NonNegativeLinear(n_components, n_features) if nonnegative
+                    else nn.Linear(n_components, n_features, bias=False))
+        self.hidden_decoder = None
         if decoder == "nonlinear":
-            # decode(z) = |z| g(z / |z|): homogeneous of degree one whatever g is, so g can
-            # be an ordinary MLP with biases (trains well) and a softplus output (rates > 0)
+            # a correction h(z / |z|) of the linear decoder: degree zero in z, so the decoder
+            # stays homogeneous; it starts at zero, i.e. at the (data-initialised) linear model
             self.hidden_decoder = nn.Sequential(
                 nn.Linear(n_components, hidden[1]), nn.SiLU(),
                 nn.Linear(hidden[1], hidden[0]), nn.SiLU(),
                 nn.Linear(hidden[0], n_features),
             )
-            self.out = None
-        elif decoder == "linear":
-            self.hidden_decoder = None
-            self.out = (NonNegativeLinear(n_components, n_features) if nonnegative
-                        else nn.Linear(n_components, n_features, bias=False))
-        else:
-            raise ValueError(f"decoder must be 'linear' or 'nonlinear', got {decoder!r}")
 
     def latent_activation(self, z: torch.Tensor) -> torch.Tensor:
-        """Non-negative codes for the non-negative linear decoder (NMF-like); identity else."""
-        return F.softplus(z) if (self.linear_decoder and self.nonnegative) else z
+        """Non-negative codes for non-negative decoders (NMF-like); identity else."""
+        return F.softplus(z) if self.nonnegative else z
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return the latent mean and log-variance (None unless variational)."""
@@ -160,11 +160,14 @@ class SpectralAutoencoder(nn.Module):
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
         """Map (activated) latent codes to normalised spectra; homogeneous of degree one."""
+        linear = self.out(code)
         if self.linear_decoder:
-            return self.out(code)
+            return linear
         scale = code.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        y = self.hidden_decoder(code / scale)
-        return scale * (F.softplus(y) if self.nonnegative else y)
+        h = self.hidden_decoder(code / scale)
+        if self.nonnegative:  # multiplicative correction keeps rates non-negative
+            return linear * torch.exp(h.clamp(-10.0, 10.0))
+        return linear + scale * h
 
     def forward(self, x: torch.Tensor, sample: bool = False):
         """Return ``(reconstruction, code, mu, logvar)``; sample latents if ``sample``."""
@@ -185,19 +188,15 @@ class SpectralAutoencoder(nn.Module):
 
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor) -> None:
-        """Start near the data: a linear decoder from spread-out data spectra
-        (farthest-point choice, as NMF initialisations do), a nonlinear one at the mean
-        spectrum. Both need far fewer epochs than a random start."""
+        """Start near the data: the linear part from spread-out data spectra (farthest-point
+        choice, as NMF initialisations do), the nonlinear correction at zero. Far fewer
+        epochs than a random start."""
         if len(x) == 0:
             return
         if not self.linear_decoder:
-            code_norm = self.encode(x)[0].norm(dim=1).mean().clamp_min(1e-6)
-            target = x.mean(0) / code_norm
             last = self.hidden_decoder[-1]
-            last.weight.mul_(0.1)
-            last.bias.copy_(inverse_softplus(target.clamp_min(1e-4)) if self.nonnegative
-                            else target)
-            return
+            last.weight.zero_()
+            last.bias.zero_()
         k = self.out.weight.shape[1]
         chosen = [int(torch.argmax(x.sum(1)))]
         dist = ((x - x[chosen[0]]) ** 2).sum(1)
@@ -219,8 +218,10 @@ class SpectralAutoencoder(nn.Module):
         for head in heads:
             head.weight.copy_(head.weight[order])
             head.bias.copy_(head.bias[order])
-        first = self.out if self.linear_decoder else self.hidden_decoder[0]
-        if isinstance(first, NonNegativeLinear):
-            first.raw.copy_(first.raw[:, order])
+        if isinstance(self.out, NonNegativeLinear):
+            self.out.raw.copy_(self.out.raw[:, order])
         else:
+            self.out.weight.copy_(self.out.weight[:, order])
+        if self.hidden_decoder is not None:
+            first = self.hidden_decoder[0]
             first.weight.copy_(first.weight[:, order])
