@@ -14,13 +14,17 @@ __version__ = "0.1.0"
 
 from hyperspy_mlspec import data  # noqa: E402
 from hyperspy_mlspec.accessor import MLSpecNamespace, register  # noqa: E402
-from hyperspy_mlspec.estimators import AutoencoderDecomposition  # noqa: E402
+from hyperspy_mlspec.estimators import (  # noqa: E402
+    AutoencoderDecomposition,
+    DenoisingAutoencoder,
+)
 from hyperspy_mlspec.persistence import load_model  # noqa: E402
 
 register()
 
 __all__ = [
     "AutoencoderDecomposition",
+    "DenoisingAutoencoder",
     "MLSpecNamespace",
     "__version__",
     "data",

@@ -21,9 +21,10 @@ FORMAT_VERSION = 1
 
 def _estimator_classes() -> dict:
     # explicit registry: loading never imports or executes anything named by the file
-    from hyperspy_mlspec.estimators import AutoencoderDecomposition
+    from hyperspy_mlspec.estimators import AutoencoderDecomposition, DenoisingAutoencoder
 
-    return {"AutoencoderDecomposition": AutoencoderDecomposition}
+    return {"AutoencoderDecomposition": AutoencoderDecomposition,
+            "DenoisingAutoencoder": DenoisingAutoencoder}
 
 
 def _jsonable_params(estimator) -> dict:

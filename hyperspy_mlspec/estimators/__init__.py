@@ -1,5 +1,6 @@
 """Estimators: scikit-learn API objects binding a model, the engine and a noise model."""
 
 from hyperspy_mlspec.estimators.decomposition import AutoencoderDecomposition
+from hyperspy_mlspec.estimators.denoising import DenoisingAutoencoder
 
-__all__ = ["AutoencoderDecomposition"]
+__all__ = ["AutoencoderDecomposition", "DenoisingAutoencoder"]
