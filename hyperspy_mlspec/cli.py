@@ -108,6 +108,41 @@ def build_parser() -> argparse.ArgumentParser:
                      help="random seed of the autoencoder (reproducible results on CPU)")
     dec.set_defaults(handler=_cmd_decompose)
 
+    den = sub.add_parser(
+        "denoise", help="denoise spectrum-image files with a denoising autoencoder",
+        description="Denoise each file HyperSpy can read and write DIR/<name>_denoised.hspy. "
+                    "With no --model, a DenoisingAutoencoder is trained on each file itself "
+                    "(self-supervised, no clean data needed).")
+    den.add_argument("files", nargs="+", metavar="FILE", help="input files")
+    den.add_argument("-o", "--out", type=Path, required=True, metavar="DIR",
+                     help="output folder (created if needed)")
+    den.add_argument("--noise", choices=("poisson-split", "mask"), default="poisson-split",
+                     help="self-supervised noise model (default: poisson-split, for counts)")
+    den.add_argument("--model", type=Path, default=None, metavar="FILE.mlspec",
+                     help="apply this saved DenoisingAutoencoder instead of training")
+    den.add_argument("--save-models", action="store_true",
+                     help="also save each trained model next to its output")
+    den.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    den.add_argument("--lazy", action="store_true",
+                     help="load lazily and stream the data (for files larger than memory)")
+    den.add_argument("--seed", type=int, default=None, metavar="S", help="random seed")
+    den.set_defaults(handler=_cmd_denoise)
+
+    ano = sub.add_parser(
+        "anomaly", help="anomaly maps and anomalous-region spectra of spectrum-image files",
+        description="For each file HyperSpy can read, write the per-pixel anomaly score "
+                    "(reconstruction error), the anomalous regions and their mean spectra "
+                    "into DIR (.hspy and .png).")
+    ano.add_argument("files", nargs="+", metavar="FILE", help="input files")
+    ano.add_argument("-o", "--out", type=Path, required=True, metavar="DIR",
+                     help="output folder (created if needed)")
+    ano.add_argument("--threshold", choices=("mad", "quantile", "pvalue"), default="mad",
+                     help="how anomalous pixels are chosen (default: median + k MAD)")
+    ano.add_argument("--lazy", action="store_true",
+                     help="load lazily and stream the data (for files larger than memory)")
+    ano.add_argument("--seed", type=int, default=None, metavar="S", help="random seed")
+    ano.set_defaults(handler=_cmd_anomaly)
+
     demo = sub.add_parser(
         "demo", help="compare the autoencoder with PCA on built-in synthetic EELS data",
         description="Generate a synthetic EELS spectrum image with known noise-free truth, fit "
@@ -281,6 +316,45 @@ def _cmd_decompose(args: argparse.Namespace) -> int:
         print(f"{n_failed} of {len(paths)} file(s) failed", file=sys.stderr)
         return 1
     return 0
+
+
+# -- denoise and anomaly: per-file work lives in the library --------------------------------
+def _run_files(label: str, run, args: argparse.Namespace) -> int:
+    """Call ``run(path)`` (a library function returning one record per signal) for each file,
+    reporting failures per file without stopping."""
+    n_failed = 0
+    for path in (Path(f) for f in args.files):
+        try:
+            records = run(path)
+        except Exception as exc:
+            if args.verbose:
+                raise
+            n_failed += 1
+            print(f"error: {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        for rec in records:
+            print(f"ok: {path} -> {label} {rec.get('output') or args.out}")
+    if n_failed:
+        print(f"{n_failed} of {len(args.files)} file(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_denoise(args: argparse.Namespace) -> int:
+    from hyperspy_mlspec.denoise import denoise_files
+
+    params = {} if args.seed is None else {"random_state": args.seed}
+    return _run_files("denoised", lambda p: denoise_files(
+        [p], args.out, noise=args.noise, lazy=args.lazy, model=args.model,
+        overwrite=args.overwrite, save_models=args.save_models, **params), args)
+
+
+def _cmd_anomaly(args: argparse.Namespace) -> int:
+    from hyperspy_mlspec.anomaly import anomaly_files
+
+    params = {} if args.seed is None else {"random_state": args.seed}
+    return _run_files("anomaly maps in", lambda p: anomaly_files(
+        [p], args.out, lazy=args.lazy, threshold=args.threshold, **params), args)
 
 
 # -- demo -----------------------------------------------------------------------------------

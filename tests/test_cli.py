@@ -292,3 +292,28 @@ def test_demo_unwritable_output(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(blocker / "sub")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write the report to") and "Traceback" not in err
+
+
+def test_denoise_files_and_bad_file(files, tmp_path, capsys):
+    out = tmp_path / "den"
+    rc = main(["denoise", str(files["first"]), str(tmp_path / "missing.hspy"), "--out",
+               str(out), "--seed", "0", "--save-models"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "missing.hspy" in err and "1 of 2 file(s) failed" in err
+    denoised = hs.load(out / "first_denoised.hspy")
+    raw = hs.load(files["first"])
+    assert denoised.data.shape == raw.data.shape
+    assert denoised.axes_manager.signal_axes[0].units == raw.axes_manager.signal_axes[0].units
+    # denoising smooths: channel-to-channel variance drops, total counts are kept
+    assert np.diff(denoised.data, axis=-1).var() < 0.5 * np.diff(raw.data, axis=-1).var()
+    np.testing.assert_allclose(denoised.data.sum(), raw.data.sum(), rtol=0.02)
+    assert (out / "first_denoised.mlspec").exists()
+
+
+def test_anomaly_files_written(files, tmp_path):
+    out = tmp_path / "ano"
+    assert main(["anomaly", str(files["second"]), "--out", str(out), "--seed", "0"]) == 0
+    score = hs.load(out / "second_anomaly_map.hspy")
+    assert score.data.shape == (8, 8) and np.isfinite(score.data).all()
+    assert (out / "second_anomaly_map.png").stat().st_size > 1000
