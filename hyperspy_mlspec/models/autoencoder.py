@@ -188,9 +188,9 @@ class SpectralAutoencoder(nn.Module):
 
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor) -> None:
-        """Start near the data: the linear part from spread-out data spectra (farthest-point
-        choice, as NMF initialisations do), the nonlinear correction at zero. Far fewer
-        epochs than a random start."""
+        """Start near the data: the linear part from k-means centres of the typical spectra
+        (as NMF initialisations do), the nonlinear correction at zero. Far fewer epochs than
+        a random start."""
         if len(x) == 0:
             return
         if not self.linear_decoder:
@@ -198,14 +198,25 @@ class SpectralAutoencoder(nn.Module):
             last.weight.zero_()
             last.bias.zero_()
         k = self.out.weight.shape[1]
+        # ignore the 2 % most atypical spectra, so rare phases do not seed components (the
+        # anomaly tools rely on a model that has not learnt them), then refine
+        # farthest-point seeds with a few Lloyd iterations: centroids average many spectra
+        far = ((x - x.median(0).values) ** 2).sum(1)
+        x = x[far <= torch.quantile(far, 0.98)] if len(x) >= 50 else x
         chosen = [int(torch.argmax(x.sum(1)))]
         dist = ((x - x[chosen[0]]) ** 2).sum(1)
         for _ in range(1, k):
             chosen.append(int(torch.argmax(dist)))
             dist = torch.minimum(dist, ((x - x[chosen[-1]]) ** 2).sum(1))
+        centres = x[chosen].clone()
+        for _ in range(10):
+            label = torch.cdist(x, centres).argmin(1)
+            for j in range(k):
+                if bool((label == j).any()):
+                    centres[j] = x[label == j].mean(0)
         code = self.latent_activation(torch.zeros(1, k, device=x.device))
         code_scale = float(code.mean()) if self.nonnegative else 1.0
-        w = x[chosen].T / (k * code_scale)  # (n_features, k)
+        w = centres.T / (k * code_scale)  # (n_features, k)
         if isinstance(self.out, NonNegativeLinear):
             self.out.raw.copy_(inverse_softplus(w.clamp_min(1e-4)))
         else:
