@@ -1,0 +1,405 @@
+"""Helpers shared by every benchmark in this folder.
+
+* :func:`machine_info` / :func:`machine_markdown`: what the numbers were measured on;
+* :func:`matmul_peak_gflops`: this machine's measured float32 matmul rate (the reference for
+  "fraction of peak" figures);
+* :class:`Stopwatch`, :func:`min_time`: wall and CPU time;
+* :func:`count_forward_flops`: analytic FLOPs of a torch module's Linear/Conv layers;
+* :func:`markdown_table`, :func:`update_results_section`: writing one ``## title`` section of
+  ``benchmarks/RESULTS.md`` without touching the sections of other benchmarks.
+
+Every benchmark is a module ``benchmarks/bench_*.py`` with ``main(argv) -> dict`` accepting
+``--quick``; :mod:`benchmarks.run_all` runs them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
+_RESULTS_HEADER = (
+    "# Benchmark results\n\n"
+    "Each section is written by one `benchmarks/bench_*.py` module (run them all with "
+    "`.venv/bin/python -m benchmarks.run_all`); re-running a benchmark replaces its own "
+    "section only.\n"
+)
+
+
+# -- command line --------------------------------------------------------------------------
+def bench_parser(description: str) -> argparse.ArgumentParser:
+    """Argument parser with the options every benchmark understands.
+
+    ``--quick`` (small data, for a smoke test) and ``--no-write`` (print only, leave
+    RESULTS.md alone).
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small data, a smoke test")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the results without updating benchmarks/RESULTS.md")
+    return parser
+
+
+#: environment variables that change CPU performance; shown in the command when set
+PERF_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+            "CUDA_VISIBLE_DEVICES")
+
+
+def command_line(module: str, argv: Sequence[str]) -> str:
+    """The exact command that reproduces this run, e.g. for printing and for RESULTS.md
+    (performance-related environment variables that are set are shown in front)."""
+    python = os.path.relpath(sys.executable) if sys.executable else "python"
+    env = [f"{k}={os.environ[k]}" for k in PERF_ENV if k in os.environ]
+    return " ".join([*env, python, "-m", module, *argv])
+
+
+# -- machine ---------------------------------------------------------------------------------
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity), falling back to ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def load_average() -> float | None:
+    """One-minute load average (None where unavailable): above the core count, other
+    processes competed for the CPU while the benchmark ran."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # pragma: no cover
+        return None
+
+
+def git_revision() -> str | None:
+    """Short commit of the repository, with ``+dirty`` when tracked files differ from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                             capture_output=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, text=True, capture_output=True, timeout=10,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
+def machine_info() -> dict[str, Any]:
+    """Date, platform, CPU, cores and library versions, as a flat dict."""
+    import numpy as np
+    import torch
+
+    info: dict[str, Any] = {
+        "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average": load_average(),
+        "git": git_revision(),
+    }
+    try:
+        import hyperspy
+
+        info["hyperspy"] = hyperspy.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def machine_markdown(info: dict[str, Any], peak_gflops: float | None = None) -> str:
+    """Markdown bullet list describing the machine (for a RESULTS.md section)."""
+    lines = [
+        f"- Date: {info['date']}",
+        f"- Machine: {info['platform']}; CPU: {info['cpu']}; {info['usable_cores']} usable "
+        f"cores (os.cpu_count() = {info['cpu_count']})"
+        + (f"; GPU: {info['cuda']}" if info.get("cuda") else ""),
+        f"- Python {info['python']}, numpy {info['numpy']}, torch {info['torch']} "
+        f"({info['torch_threads']} threads)"
+        + (f", hyperspy {info['hyperspy']}" if "hyperspy" in info else ""),
+    ]
+    if peak_gflops is not None:
+        lines.append(f"- Measured float32 matmul peak: {peak_gflops:.1f} GFLOP/s "
+                     "(torch.matmul 2048x2048, best of several runs, default threads)")
+    if info.get("git"):
+        lines.append(f"- Code: git commit {info['git']}")
+    if info.get("load_average") is not None:
+        lines.append(f"- Load average (1 min) at start: {info['load_average']}")
+    return "\n".join(lines)
+
+
+# -- timing ------------------------------------------------------------------------------------
+class Stopwatch:
+    """Context manager measuring wall time and this process's CPU time.
+
+    Examples
+    --------
+    >>> with Stopwatch() as sw:
+    ...     _ = sum(range(1000))
+    >>> sw.wall >= 0 and sw.cpu >= 0
+    True
+    """
+
+    wall: float = math.nan
+    cpu: float = math.nan
+
+    def __enter__(self) -> Stopwatch:
+        self._w0, self._c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self._w0
+        self.cpu = time.process_time() - self._c0
+
+    @property
+    def cpu_share(self) -> float:
+        """CPU seconds per wall second (about the number of busy threads; below the thread
+        count when other processes took the cores)."""
+        return self.cpu / self.wall if self.wall > 0 else math.nan
+
+
+def min_time(fn: Callable[[], Any], repeats: int = 10, warmup: int = 1) -> float:
+    """Best wall time of ``fn()`` in seconds over ``repeats`` runs (after ``warmup``)."""
+    for _ in range(warmup):
+        fn()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def step_times(fn: Callable[[], Any], repeats: int = 20, warmup: int = 2) -> list[float]:
+    """Wall time of each of ``repeats`` calls of ``fn()`` in seconds (after ``warmup``)."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
+    """This machine's float32 matmul rate in GFLOP/s: best of ``repeats`` ``n x n`` products
+    (``2 n^3`` FLOPs each) with torch's default number of threads."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device)
+    b = torch.randn(n, n, generator=gen).to(device)
+
+    def product():
+        torch.matmul(a, b)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return 2.0 * n**3 / min_time(product, repeats=repeats, warmup=2) / 1e9
+
+
+# -- FLOP counting -------------------------------------------------------------------------
+def count_forward_flops(module, *args, **kwargs) -> dict[str, float]:
+    """Analytic forward FLOPs of ``module(*args, **kwargs)``, per sample.
+
+    Forward hooks count the multiply-accumulates of every convolution and every linear map:
+    ``nn.Linear`` and any leaf module holding a 2-D ``(out, in)`` weight applied to the last
+    axis (e.g. a constrained linear layer). FLOPs are ``2 * MACs``; element-wise work
+    (activations, losses, normalisation) is not counted, as is usual. One training step is
+    about ``3x`` the forward FLOPs (forward, then gradients for inputs and weights).
+
+    Returns
+    -------
+    dict
+        ``forward_flops`` and ``train_flops`` per sample, ``macs`` per sample and ``layers``
+        (per-layer MACs per sample).
+    """
+    import torch
+    from torch import nn
+    from torch.nn.modules.conv import _ConvNd
+
+    batch = int(args[0].shape[0])
+    layers: dict[str, int] = {}
+    handles = []
+
+    def hook_for(name: str):
+        def hook(mod, inputs, output):
+            out = output[0] if isinstance(output, tuple) else output
+            if isinstance(mod, _ConvNd):
+                k = math.prod(mod.kernel_size) * (mod.in_channels // mod.groups)
+            else:
+                k = int(inputs[0].shape[-1])
+            layers[name] = layers.get(name, 0) + int(out.numel()) * k
+        return hook
+
+    for name, mod in module.named_modules():
+        if isinstance(mod, (nn.Linear, _ConvNd)):
+            handles.append(mod.register_forward_hook(hook_for(name)))
+        elif not list(mod.children()):
+            mats = [p for p in mod.parameters(recurse=False) if p.ndim == 2]
+            if len(mats) == 1:  # a linear map with a re-parameterised weight
+                handles.append(mod.register_forward_hook(hook_for(name)))
+    try:
+        with torch.no_grad():
+            module(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    per_sample = {name: macs / batch for name, macs in layers.items()}
+    macs = float(sum(per_sample.values()))
+    return {"macs": macs, "forward_flops": 2.0 * macs, "train_flops": 6.0 * macs,
+            "layers": per_sample}
+
+
+# -- RESULTS.md --------------------------------------------------------------------------------
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+                   align: str | None = None) -> str:
+    """A GitHub-flavoured markdown table; ``align`` is one of ``l``/``r`` per column."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    rule = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |", "| " + " | ".join(rule) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _section_span(lines: list[str], title: str) -> tuple[int, int] | None:
+    """Line range ``[start, end)`` of the ``## title`` section (fenced code is skipped)."""
+    start, fence = None, False
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("```"):
+            fence = not fence
+            continue
+        if fence or not line.startswith("## "):
+            continue
+        if start is not None:
+            return start, i
+        if line[3:].strip() == title.strip():
+            start = i
+    return (start, len(lines)) if start is not None else None
+
+
+def replace_section(text: str, title: str, markdown: str) -> str:
+    """Return ``text`` with its ``## title`` section replaced by ``markdown`` (appended
+    when absent). ``markdown`` is the body, without the heading.
+
+    Examples
+    --------
+    >>> t = "# R\\n\\n## A\\nold\\n\\n## B\\nb\\n"
+    >>> print(replace_section(t, "A", "new"))
+    # R
+    <BLANKLINE>
+    ## A
+    <BLANKLINE>
+    new
+    <BLANKLINE>
+    ## B
+    b
+    <BLANKLINE>
+    """
+    block = [f"## {title.strip()}", "", *markdown.strip("\n").splitlines(), ""]
+    lines = text.splitlines()
+    span = _section_span(lines, title)
+    if span is None:
+        while lines and not lines[-1].strip():
+            lines.pop()
+        lines += [""] + block
+    else:
+        lines[span[0]:span[1]] = block
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Exclusive inter-process lock for ``path`` (a lock file in the temp folder, so that
+    nothing extra lands in the repository)."""
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+    lock_path = Path(tempfile.gettempdir()) / f"mlspec-results-{key}.lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def update_results_section(title: str, markdown: str, path: str | Path = RESULTS_PATH) -> Path:
+    """Replace (or append) the ``## title`` section of RESULTS.md, atomically.
+
+    The read-modify-write happens under an inter-process lock and the new file replaces
+    the old one with ``os.replace``, so concurrent benchmarks writing different sections
+    never clobber each other and readers never see a half-written file.
+
+    Parameters
+    ----------
+    title
+        Section heading without the ``## ``.
+    markdown
+        Section body.
+    path
+        The results file (``benchmarks/RESULTS.md`` by default).
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    path = Path(path)
+    with _locked(path):
+        text = path.read_text(encoding="utf-8") if path.exists() else _RESULTS_HEADER
+        new = replace_section(text, title, markdown)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(new)
+            if path.exists():
+                os.chmod(tmp, path.stat().st_mode & 0o777)
+            else:
+                os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    return path
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    """Compact number formatting for tables (``-`` for None/NaN)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    if x != 0 and (abs(x) >= 10**digits or abs(x) < 10 ** -(digits - 1)):
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
