@@ -1,0 +1,258 @@
+"""Generate the figures of the documentation into ``docs/_static/``.
+
+Usage (from the repository root)::
+
+    .venv/bin/python docs/make_figures.py              # every figure
+    .venv/bin/python docs/make_figures.py denoising    # only the named ones
+
+Every figure is made from the built-in synthetic data (:mod:`hyperspy_mlspec.data`) with
+small maps and few epochs, single-threaded, so the whole run takes a minute or two on a
+laptop CPU. Fixed seeds: re-running gives the same figures on the same machine. Matplotlib
+uses the Agg backend (no window is opened).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "_static"
+DPI = 80
+
+
+def _setup():
+    import logging
+
+    import hyperspy.api as hs
+    import torch
+
+    torch.set_num_threads(1)  # small networks train fastest single-threaded
+    hs.preferences.General.show_progressbar = False
+    logging.getLogger("hyperspy").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
+def _save(fig, name: str) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / name
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    print(f"  wrote {path.relative_to(OUT.parent.parent)} ({path.stat().st_size / 1e3:.0f} kB)")
+
+
+def _imshow(ax, image, title, cmap="viridis", **kwargs):
+    im = ax.imshow(image, cmap=cmap, interpolation="nearest", **kwargs)
+    ax.set_title(title, fontsize="medium")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return im
+
+
+def _energy(signal) -> np.ndarray:
+    return np.asarray(signal.axes_manager.signal_axes[0].axis)
+
+
+# -- synthetic data ---------------------------------------------------------------------------
+def fig_data() -> None:
+    """The two generators: phase maps, thickness and pure-phase spectra."""
+    from hyperspy_mlspec.data import eds_map, eels_map
+
+    eels, te = eels_map((48, 48), n_channels=512, dose=20, rare_phase=True,
+                        rare_fraction=0.01, return_truth=True)
+    eds, td = eds_map((48, 48), n_channels=512, dose=20, rare_phase=True,
+                      rare_fraction=0.01, return_truth=True)
+    fig, axes = plt.subplots(2, 4, figsize=(14, 6.2),
+                             gridspec_kw={"width_ratios": [1, 1, 1, 2.2]})
+    for row, (s, truth, label) in enumerate(((eels, te, "EELS"), (eds, td, "EDS"))):
+        cmap = plt.get_cmap("tab10", truth.n_phases)
+        _imshow(axes[row, 0], truth.phase_map, f"{label}: phase map", cmap=cmap,
+                vmin=-0.5, vmax=truth.n_phases - 0.5)
+        im = _imshow(axes[row, 1], truth.thickness,
+                     "thickness t/λ" if label == "EELS" else "relative mass thickness",
+                     cmap="magma")
+        fig.colorbar(im, ax=axes[row, 1], shrink=0.8)
+        im = _imshow(axes[row, 2], s.data.sum(-1), "total counts", cmap="gray")
+        fig.colorbar(im, ax=axes[row, 2], shrink=0.8)
+        e = _energy(s)
+        ax = axes[row, 3]
+        for i, name in enumerate(truth.phase_names):
+            ax.plot(e, truth.phase_spectra[i], color=cmap(i), lw=1.2, label=name)
+        iy, ix = np.argwhere(truth.phase_map == 0)[0]
+        ax.plot(e, s.data[iy, ix], color="0.5", lw=0.6, alpha=0.8,
+                label=f"one noisy pixel ({truth.phase_names[0]})")
+        if label == "EDS":
+            ax.set_yscale("log")
+            ax.set_ylim(0.5, 60 * truth.phase_spectra[:, e > 0.3].max())  # room for the legend
+        ax.set_xlabel(f"{s.axes_manager.signal_axes[0].name} "
+                      f"({s.axes_manager.signal_axes[0].units})")
+        ax.set_ylabel("counts")
+        ax.set_title(f"{label}: pure-phase spectra (truth) and data", fontsize="medium")
+        ax.legend(fontsize="x-small", loc="upper right")
+    fig.tight_layout()
+    _save(fig, "data.png")
+
+
+# -- decomposition ----------------------------------------------------------------------------
+def fig_decomposition() -> None:
+    """Loadings and factors of a linear-decoder autoencoder, a reconstruction, the loss."""
+    from hyperspy_mlspec.data import eels_map
+
+    s, truth = eels_map((48, 48), n_channels=256, dose=50, return_truth=True)
+    ae = s.mlspec.decomposition(n_components=3, decoder="linear", random_state=0)
+    rec = s.mlspec.reconstruct(ae)
+    loadings = s.get_decomposition_loadings()
+    factors = s.get_decomposition_factors()
+    e = _energy(s)
+    fig = plt.figure(figsize=(13, 6.4))
+    grid = fig.add_gridspec(2, 6)
+    for k in range(3):
+        ax = fig.add_subplot(grid[0, 2 * k:2 * k + 2])
+        im = _imshow(ax, loadings.data[k], f"loading {k} (learning_results)", cmap="viridis")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    ax = fig.add_subplot(grid[1, 0:2])
+    for k in range(3):
+        ax.plot(e, factors.data[k], lw=1.1, label=f"factor {k}")
+    ax.set_xlabel("Energy loss (eV)")
+    ax.set_title("factors (non-negative, decoder='linear')", fontsize="medium")
+    ax.legend(fontsize="small")
+    ax = fig.add_subplot(grid[1, 2:4])
+    iy, ix = 24, 24
+    ax.plot(e, s.data[iy, ix], color="0.6", lw=0.7, label="data (Poisson noise)")
+    ax.plot(e, truth.clean[iy, ix], color="k", lw=1.2, label="noise-free truth")
+    ax.plot(e, rec.data[iy, ix], color="C3", lw=1.2, ls="--", label="s.mlspec.reconstruct")
+    ax.set_xlabel("Energy loss (eV)")
+    ax.set_title(f"pixel ({ix}, {iy})", fontsize="medium")
+    ax.legend(fontsize="small")
+    ax = fig.add_subplot(grid[1, 4:6])
+    hist = ae.history_
+    ax.plot([h["epoch"] for h in hist], [h["train_loss"] for h in hist], label="train")
+    if hist and hist[0].get("val_loss") is not None:
+        ax.plot([h["epoch"] for h in hist], [h["val_loss"] for h in hist], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("Poisson deviance")
+    ax.set_title("ae.history_", fontsize="medium")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    _save(fig, "decomposition.png")
+
+
+# -- denoising --------------------------------------------------------------------------------
+def fig_denoising() -> None:
+    """Low-dose EELS: noisy, denoised and true spectra; residual statistics map."""
+    from hyperspy_mlspec.data import eels_map
+
+    s, truth = eels_map((32, 32), n_channels=256, dose=3, return_truth=True)
+    d, stats = s.mlspec.denoise(residual_statistics=True, random_state=0)
+    e = _energy(s)
+    fig, axes = plt.subplots(1, 5, figsize=(18, 3.8),
+                             gridspec_kw={"width_ratios": [2.4, 1, 1, 1, 1.2]})
+    iy, ix = 10, 20
+    ax = axes[0]
+    ax.plot(e, s.data[iy, ix], color="0.6", lw=0.7, label="data, dose 3 counts/channel")
+    ax.plot(e, truth.clean[iy, ix], color="k", lw=1.3, label="noise-free truth")
+    ax.plot(e, d.data[iy, ix], color="C3", lw=1.2, label="s.mlspec.denoise()")
+    ax.set_xlabel("Energy loss (eV)")
+    ax.set_ylabel("counts")
+    ax.set_title(f"pixel ({ix}, {iy})", fontsize="medium")
+    ax.legend(fontsize="small")
+    # counts in the O-K window (525-550 eV), mapped as a microscopist would
+    window = (e > 525) & (e < 550)
+    images = [data[..., window].sum(-1) for data in (s.data, d.data, truth.clean)]
+    lo, hi = np.percentile(images[2], [0.5, 99.5])
+    for ax, image, title in zip(axes[1:4], images, ("O-K window, raw", "denoised",
+                                                    "noise-free truth"), strict=True):
+        _imshow(ax, image, title, cmap="inferno", vmin=lo, vmax=hi)
+    chi2 = stats["chi2_per_channel"].data
+    im = _imshow(axes[4], chi2, "chi2_per_channel", cmap="coolwarm", vmin=0.5, vmax=1.5)
+    fig.colorbar(im, ax=axes[4], shrink=0.85)
+    fig.tight_layout()
+    _save(fig, "denoising.png")
+    clean = np.asarray(truth.clean)
+    print(f"  mean chi2 per channel {np.nanmean(chi2):.3f}, counts ratio "
+          f"{d.data.sum() / s.data.sum():.4f}, Poisson-normalised error vs truth: raw "
+          f"{np.mean((s.data - clean) ** 2 / clean):.3f}, denoised "
+          f"{np.mean((d.data - clean) ** 2 / clean):.4f}")
+
+
+# -- anomalies, clusters, embeddings ----------------------------------------------------------
+def fig_anomaly() -> None:
+    """EDS map with a rare Cu-rich phase: anomaly map, detected regions, region spectrum;
+    then the latent phase map and the 2-D embedding from the same model."""
+    from hyperspy_mlspec.anomaly import plot_embedding
+    from hyperspy_mlspec.data import eds_map
+
+    s, truth = eds_map((64, 64), n_channels=128, dose=20, rare_phase=True,
+                       rare_fraction=0.005, return_truth=True)
+    found = s.mlspec.anomalies()
+    print(f"  {found!r}")
+    e = _energy(s)
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.7),
+                             gridspec_kw={"width_ratios": [1, 1, 1, 2]})
+    from matplotlib.colors import LogNorm
+
+    im = _imshow(axes[0], found.score.data, "anomaly_map()", cmap="magma", norm=LogNorm())
+    fig.colorbar(im, ax=axes[0], shrink=0.85, label="Poisson deviance per channel")
+    _imshow(axes[1], found.labels.data, f"anomalies(): {len(found.regions)} region(s)",
+            cmap="gray")
+    _imshow(axes[2], truth.rare_mask, "truth: rare-phase pixels", cmap="gray")
+    ax = axes[3]
+    ax.plot(e, s.data.reshape(-1, e.size).mean(0), color="0.4", lw=1.0, label="map mean")
+    if found.regions:
+        r = found.regions[0]
+        ax.plot(e, r.mean_spectrum.data, color="C3", lw=1.0,
+                label=f"region 1 mean ({r.size} px)")
+    ax.set_yscale("log")
+    ax.set_ylim(0.3, None)
+    ax.set_xlim(0, 10)
+    ax.set_xlabel("Energy (keV)")
+    ax.set_title("regions[0].mean_spectrum", fontsize="medium")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    _save(fig, "anomaly.png")
+
+    phases = s.mlspec.cluster(found.model, n_clusters=3)
+    emb = s.mlspec.embedding_2d(found.model)
+    print(f"  {phases!r}")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.7), gridspec_kw={"width_ratios": [1, 1, 1.4]})
+    cmap = plt.get_cmap("tab10", 10)
+    _imshow(axes[0], phases.labels.data, "cluster(): latent phase map", cmap=cmap,
+            vmin=-0.5, vmax=9.5)
+    _imshow(axes[1], truth.phase_map, "truth: phase map", cmap="tab10",
+            vmin=-0.5, vmax=9.5)
+    plot_embedding(emb, phases, ax=axes[2], marker_size=4)
+    axes[2].set_title("embedding_2d(), coloured by cluster", fontsize="medium")
+    fig.tight_layout()
+    _save(fig, "cluster.png")
+
+
+FIGURES = {"data": fig_data, "decomposition": fig_decomposition,
+           "denoising": fig_denoising, "anomaly": fig_anomaly}
+
+
+def main(names: list[str]) -> int:
+    unknown = [n for n in names if n not in FIGURES]
+    if unknown:
+        print(f"unknown figure(s) {unknown}; choose from {sorted(FIGURES)}", file=sys.stderr)
+        return 2
+    _setup()
+    t_all = time.perf_counter()
+    for name in names or list(FIGURES):
+        t0 = time.perf_counter()
+        print(f"{name}:")
+        FIGURES[name]()
+        print(f"  {time.perf_counter() - t0:.1f} s")
+    print(f"total {time.perf_counter() - t_all:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
