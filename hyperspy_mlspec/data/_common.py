@@ -829,3 +829,21 @@ def build_signal(
 def phase_map_from(abundances: np.ndarray) -> np.ndarray:
     """Integer labels: argmax over the last axis."""
     return np.argmax(abundances, axis=-1).astype(np.intp)
+
+
+def make_truth(generator, lazy: bool, abundances: np.ndarray, names: list[str],
+               phase_spectra: np.ndarray, rare_mask: np.ndarray, thickness: np.ndarray,
+               shift: np.ndarray, shape: tuple[int, ...], extra: dict) -> GroundTruth:
+    """The :class:`GroundTruth` of a generated map (shared by the EELS and EDS generators)."""
+    clean = generator.to_dask(noisy=False) if lazy else generator.compute(noisy=False)
+    return GroundTruth(
+        clean=clean,
+        phase_map=phase_map_from(abundances).reshape(shape),
+        abundances=abundances.reshape(shape + (len(names),)),
+        phase_names=names,
+        phase_spectra=phase_spectra * generator.intensity_scale,
+        rare_mask=rare_mask.reshape(shape),
+        thickness=thickness.reshape(shape),
+        energy_shift=shift.reshape(shape),
+        extra={**extra, "intensity_scale": generator.intensity_scale},
+    )

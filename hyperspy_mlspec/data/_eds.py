@@ -27,8 +27,8 @@ from ._common import (
     check_rare_fraction,
     drift_field,
     grain_fractions,
+    make_truth,
     mix_rare_phase,
-    phase_map_from,
     rare_blobs,
     resolve_seed,
     rng_for,
@@ -352,19 +352,9 @@ def eds_map(
     if not return_truth:
         return signal
 
-    clean = generator.to_dask(noisy=False) if lazy else generator.compute(noisy=False)
-    truth = GroundTruth(
-        clean=clean,
-        phase_map=phase_map_from(abundances).reshape(shape),
-        abundances=abundances.reshape(shape + (len(phases),)),
-        phase_names=names,
-        phase_spectra=spectra_ext[:, margin : margin + n_channels] * generator.intensity_scale,
-        rare_mask=rare_mask.reshape(shape),
-        thickness=t.reshape(shape),
-        energy_shift=shift_kev.reshape(shape),
-        extra={
-            "phase_compositions": {p.name: dict(p.composition) for p in phases},
-            "intensity_scale": generator.intensity_scale,
-        },
+    truth = make_truth(
+        generator, lazy, abundances, names, spectra_ext[:, margin : margin + n_channels],
+        rare_mask, t, shift_kev, shape,
+        {"phase_compositions": {p.name: dict(p.composition) for p in phases}},
     )
     return signal, truth

@@ -31,8 +31,8 @@ from ._common import (
     gaussian,
     grain_fractions,
     lorentzian,
+    make_truth,
     mix_rare_phase,
-    phase_map_from,
     rare_blobs,
     resolve_seed,
     rng_for,
@@ -429,21 +429,8 @@ def eels_map(
     if not return_truth:
         return signal
 
-    clean = generator.to_dask(noisy=False) if lazy else generator.compute(noisy=False)
-    n_phases = len(phases)
-    start = n_lo
-    truth = GroundTruth(
-        clean=clean,
-        phase_map=phase_map_from(abundances).reshape(shape),
-        abundances=abundances.reshape(shape + (n_phases,)),
-        phase_names=names,
-        phase_spectra=spectra_ext[:, start : start + n_channels] * generator.intensity_scale,
-        rare_mask=rare_mask.reshape(shape),
-        thickness=t.reshape(shape),
-        energy_shift=shift_ev.reshape(shape),
-        extra={
-            "fe3_fraction": fe3_fraction.reshape(shape),
-            "intensity_scale": generator.intensity_scale,
-        },
+    truth = make_truth(
+        generator, lazy, abundances, names, spectra_ext[:, n_lo : n_lo + n_channels],
+        rare_mask, t, shift_ev, shape, {"fe3_fraction": fe3_fraction.reshape(shape)},
     )
     return signal, truth
