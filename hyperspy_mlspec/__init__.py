@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 from hyperspy_mlspec import data  # noqa: E402
 from hyperspy_mlspec.accessor import MLSpecNamespace, register  # noqa: E402
+from hyperspy_mlspec.anomaly import AnomalyResult, ClusterResult, plot_embedding  # noqa: E402
 from hyperspy_mlspec.estimators import (  # noqa: E402
     AutoencoderDecomposition,
     DenoisingAutoencoder,
@@ -23,10 +24,13 @@ from hyperspy_mlspec.persistence import load_model  # noqa: E402
 register()
 
 __all__ = [
+    "AnomalyResult",
     "AutoencoderDecomposition",
+    "ClusterResult",
     "DenoisingAutoencoder",
     "MLSpecNamespace",
     "__version__",
     "data",
     "load_model",
+    "plot_embedding",
 ]
