@@ -105,11 +105,19 @@ def run_svd(s) -> float:
     return sw.wall
 
 
-def run_pca(s, clean: np.ndarray, k: int) -> dict:
-    """HyperSpy PCA with Poisson normalisation at ``k`` components, then its model."""
+def run_pca(s, clean: np.ndarray, k: int, seed: int) -> dict:
+    """HyperSpy PCA with Poisson normalisation at ``k`` components, then its model.
+
+    HyperSpy's default ``svd_solver="auto"`` picks the randomized SVD for a few components
+    of a large map; ``random_state`` makes it reproducible."""
     c = s.deepcopy()
     with Stopwatch() as sw:
-        c.decomposition(normalize_poissonian_noise=True, output_dimension=k, print_info=False)
+        try:
+            c.decomposition(normalize_poissonian_noise=True, output_dimension=k,
+                            print_info=False, random_state=seed)
+        except TypeError:  # the solver chosen takes no random_state (full SVD)
+            c.decomposition(normalize_poissonian_noise=True, output_dimension=k,
+                            print_info=False)
     model = c.get_decomposition_model(k)
     mse, pn = errors(model.data, clean)
     return {"method": "HyperSpy PCA (Poisson-normalised)", "k": k, "fit_s": sw.wall,
@@ -407,29 +415,44 @@ def interpretation(pca: list[dict], ae_all: list[dict], prof: dict, svd_s: float
     for r in (r for r in ae_all if r.get("long") and r["k"] in pca_by_k):
         auto = next((a for a in ae if a["k"] == r["k"] and a["decoder"] == r["decoder"]), None)
         pk = pca_by_k[r["k"]]["mse"]
-        text += (f"With a larger budget (epochs={r['long']}, {r['epochs']} run"
+        text += (f"With a larger budget (epochs={r['long']}: {r['epochs']} run"
                  f"{', early stop' if r['stopped_early'] else ''}) the K={r['k']} "
-                 f"{r['decoder']}-decoder AE reaches {_ratio(r['mse'], pk):.2f}x PCA's MSE"
-                 + (f" instead of {_ratio(auto['mse'], pk):.2f}x with "
-                    f"epochs='auto' ({auto['epochs']} epochs)" if auto else "")
-                 + ". ")
+                 f"{r['decoder']}-decoder AE reaches {_ratio(r['mse'], pk):.3f}x PCA's MSE")
+        if auto:
+            same = math.isclose(r["mse"], auto["mse"], rel_tol=1e-3)
+            text += (f" vs {_ratio(auto['mse'], pk):.3f}x with epochs='auto' "
+                     f"({auto['epochs']} epochs)"
+                     + (": the same best weights, so 'auto' had converged. " if same
+                        else ". "))
+        else:
+            text += ". "
     rows = prof["rows"]
     if rows:
         r0 = next((r for r in rows if r["batch_size"] == prof["default_batch"]), rows[0])
         big = max(rows, key=lambda r: r["step_min_frac"])
+        best_loop = max(rows, key=lambda r: r["loop_frac"])
         text += (f"Profile (K={prof['k']}, {prof['decoder']} decoder): at the default batch "
                  f"of {r0['batch_size']} the bare network step reaches at best "
                  f"{100 * r0['net_min_frac']:.0f}% of peak, the estimator's real step "
                  f"(normalisation, softplus, Poisson deviance) {100 * r0['step_min_frac']:.0f}%"
-                 f" and the whole loop {100 * r0['loop_frac']:.1f}%; batch "
-                 f"{big['batch_size']} gives {100 * big['step_min_frac']:.0f}% per step and "
-                 f"{100 * big['loop_frac']:.1f}% for the loop. The layers are small (largest "
+                 f" and the whole loop {100 * r0['loop_frac']:.1f}%; the best step is at "
+                 f"batch {big['batch_size']} ({100 * big['step_min_frac']:.0f}%), the best "
+                 f"loop at batch {best_loop['batch_size']} "
+                 f"({100 * best_loop['loop_frac']:.1f}%; with few steps per epoch the "
+                 "per-epoch costs, validation pass and checkpoint copy, weigh more). "
+                 "The layers are small (largest "
                  f"{prof['largest_layer']}) and the element-wise work on batch x channels "
                  "arrays (normalisation, softplus, deviance, their gradients) and the "
                  "per-parameter Adam update are not counted as FLOPs but take time. ")
     la = [x for x in loads if x is not None]
     shares = [r["cpu_share"] for r in ae]
-    if la and max(la) > cores:
+    if not la or not shares:
+        return text
+    if max(la) <= 1.5 * cores and min(shares) >= 0.75 * cores:
+        text += (f"The machine was otherwise nearly idle (1-min load average "
+                 f"{min(la):.1f}-{max(la):.1f}; the AE fits used {min(shares):.2f}-"
+                 f"{max(shares):.2f} CPU-seconds per second out of {cores}).")
+    else:
         text += (f"Caveat: other processes shared this {cores}-core machine during the run "
                  f"(1-min load average {min(la):.1f}-{max(la):.1f}; the AE fits got "
                  f"{min(shares):.2f}-{max(shares):.2f} CPU-seconds per second out of "
@@ -484,13 +507,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"HyperSpy SVD: {svd_s:.2f} s", flush=True)
     pca, ae = [], []
     for k in ks:
-        pca.append(run_pca(s, clean, k))
+        pca.append(run_pca(s, clean, k, args.seed))
         print(f"K={k} PCA: fit {pca[-1]['fit_s']:.2f} s, MSE {pca[-1]['mse']:.4g}, "
               f"Poisson err {pca[-1]['pn']:.4g}", flush=True)
         for decoder in ("linear", "nonlinear"):
             r = run_ae(s, X, clean, k, decoder, epochs, args.seed)
             ae.append(r)
             loads.append(load_average())
+            peaks.append(matmul_peak_gflops())
             print(f"K={k} AE {decoder}: fit {r['fit_s']:.1f} s ({r['epochs']} epochs, "
                   f"CPU share {r['cpu_share']:.2f}), MSE {r['mse']:.4g}, Poisson err "
                   f"{r['pn']:.4g}, {r['rate']:.0f} spectra/s (best epoch "
@@ -525,8 +549,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "",
         machine_markdown(info, None),
         f"- Measured float32 matmul peak (torch.matmul 2048x2048, best of 10, default "
-        f"threads): {peaks[0]:.1f} GFLOP/s at the start, {peaks[1]:.1f} at the end; "
-        f"{peak:.1f} is used. 1-min load average during the run: "
+        f"threads), measured at the start, after each AE fit and at the end: "
+        f"{', '.join(f'{x:.0f}' for x in peaks)} GFLOP/s; the best, {peak:.1f}, is used "
+        "(on a shared machine a low value means the cores were busy elsewhere). "
+        "1-min load average during the run: "
         f"{', '.join(str(x) for x in loads if x is not None)}",
         f"- Data: `eels_map({setup.navigation_shape}, {setup.n_channels}, {setup.dose:g}, "
         f"thickness=True, drift=0.3, random_state={args.seed}, return_truth=True)`: {len(X)} "
@@ -537,7 +563,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"random_state={args.seed})`, every other parameter default (batch size "
         f"{ae[0]['batch_size'] if ae else '-'}); reconstruction = `ae.reconstruct(X)` "
         "(exact, nonlinear). Fit time = the whole `s.mlspec.decomposition` call. PCA: "
-        "`s.decomposition(normalize_poissonian_noise=True, output_dimension=K)` then "
+        f"`s.decomposition(normalize_poissonian_noise=True, output_dimension=K, "
+        f"random_state={args.seed})` (HyperSpy's default solver, randomized here) then "
         "`s.get_decomposition_model(K)`. SVD baseline: `s.decomposition()` (full SVD)."
         + (f" The `epochs={setup.long_epochs}` row is the same call with a larger epoch budget "
            "(early stopping still on)." if any(r.get("long") for r in ae) else ""),
