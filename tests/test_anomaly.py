@@ -8,7 +8,6 @@ import warnings
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-import torch
 from scipy.stats import chi2
 from sklearn.metrics import adjusted_rand_score, roc_auc_score
 
@@ -18,15 +17,6 @@ from hyperspy_mlspec import anomaly as A
 SHAPE = (24, 24)
 N_CHANNELS = 128
 FIT = dict(epochs=30, show_progressbar=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small networks train faster on one thread (and the module stays well under 90 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import hyperspy_mlspec
 from hyperspy_mlspec import DenoisingAutoencoder, load_model
@@ -21,16 +20,6 @@ def poisson_error(denoised, clean) -> float:
     denoised = np.asarray(denoised, dtype=np.float64).reshape(-1, clean.shape[-1])
     clean = np.asarray(clean, dtype=np.float64).reshape(-1, clean.shape[-1])
     return float(np.mean((denoised - clean) ** 2 / np.maximum(clean, 1e-3)))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small networks gain nothing from threads, and intra-op threads of several pytest
-    workers on a busy 2-core machine oversubscribe it (10x slower): use one, then restore."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
