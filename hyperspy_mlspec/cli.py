@@ -63,6 +63,17 @@ def _position(text: str) -> float | str:
         return text
 
 
+def _file_options(parser: argparse.ArgumentParser) -> None:
+    """Options every per-file subcommand shares: inputs, output folder, --lazy, --seed."""
+    parser.add_argument("files", nargs="+", metavar="FILE", help="input files")
+    parser.add_argument("-o", "--out", type=Path, required=True, metavar="DIR",
+                        help="output folder (created if needed)")
+    parser.add_argument("--lazy", action="store_true",
+                        help="load lazily and stream the data (for files larger than memory)")
+    parser.add_argument("--seed", type=int, default=None, metavar="S",
+                        help="random seed (reproducible results on CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``hyperspy-mlspec`` (see ``hyperspy-mlspec --help``)."""
     parser = argparse.ArgumentParser(
@@ -86,14 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                     ".emd...) and write, for each, DIR/<name>/loadings.hspy, factors.hspy, "
                     "summary.json and, for --method ae, the model (model.mlspec, reload it "
                     "with hyperspy_mlspec.load_model).")
-    dec.add_argument("files", nargs="+", metavar="FILE", help="input files")
     dec.add_argument("--method", choices=("ae", "pca"), default="ae",
                      help="ae: autoencoder (s.mlspec.decomposition); pca: HyperSpy's SVD with "
                           "Poisson noise normalisation for non-negative data (default: ae)")
     dec.add_argument("-k", "--components", type=_positive_int, required=True, metavar="K",
                      help="number of components")
-    dec.add_argument("-o", "--out", type=Path, required=True, metavar="DIR",
-                     help="output folder (created if needed)")
     dec.add_argument("--decoder", choices=("linear", "nonlinear"), default="nonlinear",
                      help="autoencoder decoder; 'linear' makes HyperSpy's "
                           "get_decomposition_model exact (default: nonlinear)")
@@ -102,10 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--signal-range", nargs=2, type=_position, metavar=("START", "END"),
                      help="use only this part of the spectral axis, in axis units "
                           "(e.g. 400 900) or with units (e.g. '0.6 keV' '9 keV')")
-    dec.add_argument("--lazy", action="store_true",
-                     help="load lazily and stream the data (for files larger than memory)")
-    dec.add_argument("--seed", type=int, default=None, metavar="S",
-                     help="random seed of the autoencoder (reproducible results on CPU)")
+    _file_options(dec)
     dec.set_defaults(handler=_cmd_decompose)
 
     den = sub.add_parser(
@@ -113,9 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Denoise each file HyperSpy can read and write DIR/<name>_denoised.hspy. "
                     "With no --model, a DenoisingAutoencoder is trained on each file itself "
                     "(self-supervised, no clean data needed).")
-    den.add_argument("files", nargs="+", metavar="FILE", help="input files")
-    den.add_argument("-o", "--out", type=Path, required=True, metavar="DIR",
-                     help="output folder (created if needed)")
     den.add_argument("--noise", choices=("poisson-split", "mask"), default="poisson-split",
                      help="self-supervised noise model (default: poisson-split, for counts)")
     den.add_argument("--model", type=Path, default=None, metavar="FILE.mlspec",
@@ -123,9 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--save-models", action="store_true",
                      help="also save each trained model next to its output")
     den.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    den.add_argument("--lazy", action="store_true",
-                     help="load lazily and stream the data (for files larger than memory)")
-    den.add_argument("--seed", type=int, default=None, metavar="S", help="random seed")
+    _file_options(den)
     den.set_defaults(handler=_cmd_denoise)
 
     ano = sub.add_parser(
@@ -133,14 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="For each file HyperSpy can read, write the per-pixel anomaly score "
                     "(reconstruction error), the anomalous regions and their mean spectra "
                     "into DIR (.hspy and .png).")
-    ano.add_argument("files", nargs="+", metavar="FILE", help="input files")
-    ano.add_argument("-o", "--out", type=Path, required=True, metavar="DIR",
-                     help="output folder (created if needed)")
     ano.add_argument("--threshold", choices=("mad", "quantile", "pvalue"), default="mad",
                      help="how anomalous pixels are chosen (default: median + k MAD)")
-    ano.add_argument("--lazy", action="store_true",
-                     help="load lazily and stream the data (for files larger than memory)")
-    ano.add_argument("--seed", type=int, default=None, metavar="S", help="random seed")
+    _file_options(ano)
     ano.set_defaults(handler=_cmd_anomaly)
 
     demo = sub.add_parser(
