@@ -11,6 +11,8 @@ Examples
 
     $ hyperspy-mlspec decompose map1.hspy map2.zspy --method ae --components 4 --out results
     $ hyperspy-mlspec demo --out mlspec_report
+    $ torchrun --standalone --nproc_per_node=2 -m hyperspy_mlspec train map.hspy \
+          --model decomposition -k 4 --seed 0 --out model.mlspec
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, metavar="S",
                       help="seed of the data and of the autoencoders (default: 0)")
     demo.set_defaults(handler=_cmd_demo)
+    _add_train_parser(sub)
     return parser
 
 
@@ -367,6 +370,160 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 1
     print(f"Report written to {index.resolve()}")
     return 0
+
+
+# -- train (one model from several files; several processes under torchrun) ---------------
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return "auto"
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'auto', got {text!r}") from None
+
+
+def _add_train_parser(sub) -> None:
+    tr = sub.add_parser(
+        "train", help="train one model on one or more files (multi-process under torchrun)",
+        description="Train one model on the spectra of all FILEs (concatenated as rows; they "
+                    "must share the signal axis) and save it to MODEL.mlspec (reload it with "
+                    "hyperspy_mlspec.load_model). Run it plainly, or under torchrun for "
+                    "data-parallel training on several processes or machines, e.g. "
+                    "'torchrun --standalone --nproc_per_node=2 -m hyperspy_mlspec train ...': "
+                    "the result equals a single-process run (up to float rounding for "
+                    "--model decomposition); rank 0 shows progress and writes the file.")
+    tr.add_argument("--model", choices=("decomposition", "denoise"), required=True,
+                    help="decomposition: AutoencoderDecomposition; denoise: "
+                         "DenoisingAutoencoder (self-supervised)")
+    tr.add_argument("-k", "--n-components", "--components", dest="components",
+                    type=_positive_int, default=4, metavar="K",
+                    help="latent dimensions of --model decomposition (default: 4)")
+    tr.add_argument("--decoder", choices=("linear", "nonlinear"), default="nonlinear",
+                    help="decoder of --model decomposition (default: nonlinear)")
+    tr.add_argument("--noise", choices=("poisson-split", "mask"), default="poisson-split",
+                    help="self-supervised noise model of --model denoise "
+                         "(default: poisson-split)")
+    tr.add_argument("--epochs", type=_epochs, default="auto", metavar="N|auto",
+                    help="maximum training epochs (default: auto)")
+    tr.add_argument("--batch-size", type=_batch_size, default="auto", metavar="N|auto",
+                    help="spectra per optimiser step, over all processes together "
+                         "(default: auto)")
+    tr.add_argument("--learning-rate", type=float, default=None, metavar="LR",
+                    help="Adam learning rate (default: the model's)")
+    tr.add_argument("--signal-range", nargs=2, type=_position, metavar=("START", "END"),
+                    help="use only this part of the spectral axis, in axis units or with "
+                         "units (e.g. '0.6 keV' '9 keV')")
+    tr.add_argument("--device", default="auto", metavar="DEVICE",
+                    help="auto (CUDA if available), cpu, cuda... (default: auto); under "
+                         "torchrun each process uses GPU LOCAL_RANK")
+    tr.add_argument("--backend", default=None, metavar="NAME",
+                    help="torch.distributed backend under torchrun (default: gloo on the "
+                         "CPU, cpu:gloo,cuda:nccl with CUDA)")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    _file_options(tr)
+    for action in tr._actions:  # --out names the model file here, not a folder
+        if action.dest == "out":
+            action.metavar = "MODEL.mlspec"
+            action.help = "model file to write (parent folders are created)"
+    tr.set_defaults(handler=_cmd_train)
+
+
+def _training_rows(args: argparse.Namespace):
+    """Rows of every file, concatenated, and their signal axis; :class:`CLIError` if a file
+    cannot be used or the files do not share the signal axis."""
+    import numpy as np
+
+    from hyperspy_mlspec import signal_io
+
+    tables = []
+    for path in (Path(f) for f in args.files):
+        try:
+            s = _load_one(path, args.lazy, args.verbose)
+            t = signal_io.table(s, signal_range=args.signal_range)
+        except CLIError as exc:
+            raise CLIError(f"{path}: {exc}") from None
+        except (ValueError, TypeError) as exc:
+            raise CLIError(f"{path}: {exc}") from None
+        if tables:
+            first, ax = tables[0][1].axis, t.axis
+            same = (ax.size == first.size and ax.units == first.units
+                    and np.allclose(ax.values, first.values, rtol=1e-6,
+                                    atol=1e-9 * float(np.ptp(first.values) or 1.0)))
+            if not same:
+                raise CLIError(
+                    f"{path}: its signal axis ({ax.size} channels, {ax.values[0]:g} to "
+                    f"{ax.values[-1]:g} {ax.units or ''}) differs from that of "
+                    f"{tables[0][0]} ({first.size} channels, {first.values[0]:g} to "
+                    f"{first.values[-1]:g} {first.units or ''}); the files are concatenated as "
+                    "rows and must share the signal axis: resample them onto one axis (e.g. "
+                    "HyperSpy's interpolate_on_axis) or train on them separately")
+        tables.append((path, t))
+    rows = [t.rows for _, t in tables]
+    if len(rows) == 1:
+        return rows[0], tables[0][1].axis
+    if args.lazy:
+        import dask.array as da
+
+        return da.concatenate(rows, axis=0), tables[0][1].axis
+    return np.concatenate(rows, axis=0), tables[0][1].axis
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from hyperspy_mlspec.engine import distributed
+
+    if args.out.exists() and not args.overwrite:
+        if distributed.is_main_process():
+            print(f"error: {args.out} exists; use --overwrite to replace it", file=sys.stderr)
+        return 1
+    prefix = ""
+    try:
+        # on an error the process leaves without waiting for the others (torchrun then
+        # stops them); waiting could pair its barrier with their training collectives
+        with distributed.launched(backend=args.backend, device=args.device) as group:
+            prefix = f"rank {group.rank}: " if group.active else ""
+            summary = _train_model(args, group)
+    except (CLIError, RuntimeError) as exc:  # RuntimeError: torchrun environment/rendezvous
+        print(f"error: {prefix}{exc}", file=sys.stderr)
+        return 1
+    if summary:
+        print(summary)
+    return 0
+
+
+def _train_model(args: argparse.Namespace, group) -> str | None:
+    """Fit and (rank 0) save the model; return rank 0's one-line summary."""
+    t0 = time.perf_counter()
+    X, axis = _training_rows(args)
+    params: dict[str, Any] = {"epochs": args.epochs, "batch_size": args.batch_size,
+                              "device": args.device, "random_state": args.seed}
+    if args.learning_rate is not None:
+        params["learning_rate"] = args.learning_rate
+    if args.model == "decomposition":
+        from hyperspy_mlspec.estimators import AutoencoderDecomposition
+
+        est = AutoencoderDecomposition(n_components=args.components, decoder=args.decoder,
+                                       **params)
+    else:
+        from hyperspy_mlspec.estimators import DenoisingAutoencoder
+
+        est = DenoisingAutoencoder(noise=args.noise, **params)
+    try:
+        est.fit(X)
+    except ValueError as exc:
+        raise CLIError(f"training failed: {exc}") from None
+    est.signal_axis_ = axis.to_dict()
+    if not group.is_main:
+        return None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    est.save(args.out)
+    last = est.history_[-1] if est.history_ else {}
+    val = last.get("val_loss")
+    return (f"ok: {len(args.files)} file(s), {X.shape[0]} spectra -> {args.out} "
+            f"({args.model}, {len(est.history_)} epochs, train loss "
+            f"{last.get('train_loss', float('nan')):.6g}"
+            + (f", val loss {val:.6g}" if val is not None else "")
+            + f", {group.world_size} process(es), {time.perf_counter() - t0:.1f} s)")
 
 
 # -- entry point ----------------------------------------------------------------------------

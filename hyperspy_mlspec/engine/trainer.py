@@ -3,7 +3,9 @@
 Estimators supply a module and a ``step_loss(batch, training)`` closure (their noise model,
 masking, KL term...); the loop owns minibatching, Adam, learning-rate decay on plateaus, early
 stopping on the held-out split, reproducible seeding, progress reporting, the loss history
-and Ctrl-C handling (the best weights so far are kept).
+and Ctrl-C handling (the best weights so far are kept). Under ``torchrun`` (a
+``torch.distributed`` process group of several processes) the same loop trains data-parallel:
+see :mod:`hyperspy_mlspec.engine.distributed`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from hyperspy_mlspec.engine.distributed import Group
 from hyperspy_mlspec.engine.sources import RowSource
 
 _logger = logging.getLogger(__name__)
@@ -69,13 +72,19 @@ def progress(total: int | None, desc: str, show_progressbar: bool | None, unit: 
 
 
 def _mean_loss(step_loss: StepLoss, source: RowSource, split: str, batch_size: int,
-               device: torch.device) -> float:
+               device: torch.device, group: Group | None = None) -> float:
+    group = group or Group()
     total, n = 0.0, 0
     with torch.no_grad():
         for batch in source.batches(batch_size, split=split):
+            batch = batch[group.shard(len(batch))]  # this process's rows (all of them alone)
+            if not len(batch):
+                continue
             loss = step_loss(torch.from_numpy(batch).to(device), False)
             total += float(loss) * len(batch)
             n += len(batch)
+    if group.active:  # the same mean on every process: identical plateau / stopping decisions
+        total, n = group.all_reduce([total, n])
     return total / n if n else math.nan
 
 
@@ -131,6 +140,16 @@ def train(
     after_step
         Called after each optimiser step (e.g. to project weights onto a constraint).
 
+    Notes
+    -----
+    With an initialised ``torch.distributed`` process group of several processes (started
+    by ``torchrun``, see :func:`hyperspy_mlspec.engine.distributed.init_from_env`), every
+    process must call ``train`` with the same data and settings; each computes the loss on
+    its slice of every global minibatch of ``batch_size`` rows, gradients and losses are
+    all-reduced, and the result equals single-process training up to float rounding when
+    ``step_loss`` draws no random numbers (random draws, e.g. of denoising noise, differ per
+    process). Only rank 0 shows progress.
+
     Returns
     -------
     TrainResult
@@ -148,6 +167,13 @@ def train(
     5
     """
     device = torch.device(device)
+    group = Group.current()
+    if group.active:
+        group.check_same(n_train=source.count("train"), n_val=source.count("val"),
+                         n_features=source.n_features, epochs=epochs, batch_size=batch_size,
+                         seed=seed)
+        group.broadcast_module(module)  # identical start everywhere (as DDP does)
+        show_progressbar = show_progressbar if group.is_main else False
     rng = np.random.default_rng(seed)
     if optimizer is None:
         optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate,
@@ -159,7 +185,8 @@ def train(
     result = TrainResult()
     best_loss, best_state, bad_epochs = math.inf, None, 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(int(rng.integers(2**31)))
+        # one random stream per process: different rows get independent draws
+        torch.manual_seed(int(rng.integers(2**31)) + group.rank)
         bar = progress(epochs, desc, show_progressbar, unit="epoch")
         try:
             for epoch in range(epochs):
@@ -168,24 +195,22 @@ def train(
                 total, n = 0.0, 0
                 for batch in source.batches(batch_size, split="train", rng=rng,
                                             drop_last=True):
-                    x = torch.from_numpy(batch).to(device, non_blocking=True)
-                    loss = step_loss(x, True)
-                    if not torch.isfinite(loss):
+                    loss_value, n_batch = _gradients(step_loss, optimizer, group, batch,
+                                                     device)
+                    if not math.isfinite(loss_value):
                         raise FloatingPointError(
-                            f"the training loss became {float(loss)} at epoch {epoch}; "
+                            f"the training loss became {loss_value} at epoch {epoch}; "
                             "lower learning_rate or check the data for extreme values"
                         )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
                     optimizer.step()
                     if after_step is not None:
                         after_step()
-                    total += float(loss.detach()) * len(batch)
-                    n += len(batch)
+                    total += loss_value * n_batch
+                    n += n_batch
                 module.eval()
                 train_loss = total / max(n, 1)
-                val_loss = (_mean_loss(step_loss, source, "val", max(batch_size, 1024), device)
-                            if has_val else None)
+                val_loss = (_mean_loss(step_loss, source, "val", max(batch_size, 1024), device,
+                                       group) if has_val else None)
                 monitored = val_loss if has_val else train_loss
                 scheduler.step(monitored)
                 result.n_samples_seen += n
@@ -206,6 +231,8 @@ def train(
                         result.stopped_early = True
                         break
         except KeyboardInterrupt:
+            if group.active:  # processes stop at different steps: let torchrun end them all
+                raise
             result.interrupted = True
             _logger.warning("Training interrupted: keeping the best weights so far "
                             "(epoch %d).", result.best_epoch)
@@ -213,5 +240,24 @@ def train(
             bar.close()
     if best_state is not None:
         module.load_state_dict(best_state)
+    group.broadcast_module(module)  # bit-identical models on every process
     module.eval()
     return result
+
+
+def _gradients(step_loss: StepLoss, optimizer: torch.optim.Optimizer, group: Group,
+               batch: np.ndarray, device: torch.device) -> tuple[float, int]:
+    """Set the gradients of one minibatch and return its mean loss and number of rows.
+
+    With several processes each computes its slice of the batch and the gradients and
+    losses are all-reduced (see :mod:`hyperspy_mlspec.engine.distributed`); the returned
+    loss is then the same on every process, so a non-finite loss stops all of them.
+    """
+    local = batch[group.shard(len(batch))]  # the whole batch for a single process
+    optimizer.zero_grad(set_to_none=True)
+    loss = None
+    if len(local):  # a slice can be empty when the batch has fewer rows than processes
+        loss = step_loss(torch.from_numpy(local).to(device, non_blocking=True), True)
+        loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    return group.reduce_gradients(params, loss, len(local))

@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from hyperspy_mlspec.engine import Normalizer, as_source, resolve_device, train
+from hyperspy_mlspec.engine.distributed import Group
 from hyperspy_mlspec.engine.losses import LOSSES
 from hyperspy_mlspec.engine.normalization import KINDS
 from hyperspy_mlspec.engine.sources import DaskSource, RowSource
@@ -143,6 +144,11 @@ class SpectralEstimator(BaseEstimator):
         return int(self.epochs)
 
     def _seed(self) -> int:
+        # under torchrun every process must use the same seed: rank 0's (same data sample,
+        # same initial weights, same batch order); a no-op in a single process
+        return Group.current().broadcast_int(self._local_seed())
+
+    def _local_seed(self) -> int:
         rs = self.random_state
         if isinstance(rs, numbers.Integral):
             return int(rs)
@@ -178,6 +184,13 @@ class SpectralEstimator(BaseEstimator):
     def _train(self, source: RowSource, epochs: int, batch_size: int, seed: int,
                patience: int | None) -> None:
         source.check = self._block_check()
+        group = Group.current()
+        if group.active:  # data-derived normalisation: rank 0's, so every process agrees
+            scale = torch.tensor(np.array(self.normalizer_.channel_scale, np.float32))
+            floor = torch.tensor([self.normalizer_.row_floor], dtype=torch.float64)
+            group.broadcast([scale, floor])
+            self.normalizer_.channel_scale = scale.numpy()
+            self.normalizer_.row_floor = float(floor[0])
         if self._optimizer is None:
             self._optimizer = torch.optim.Adam(self.module_.parameters(), lr=self.learning_rate,
                                                weight_decay=self.weight_decay)
