@@ -299,12 +299,13 @@ class Group:
         names = list(values)
         v = [float(values[k]) for k in names]
         low, high = self.all_reduce(v, "min"), self.all_reduce(v, "max")
-        bad = [f"{k} ({low[i]:g} to {high[i]:g})" for i, k in enumerate(names)
+        bad = [f"{k} ({low[i]:.10g} to {high[i]:.10g})" for i, k in enumerate(names)
                if low[i] != high[i]]
         if bad:
             raise ValueError(
                 "the training processes disagree on " + ", ".join(bad) + ": every process "
-                "must read the same data with the same settings (same files, seed and options)")
+                "must read the same data, in the same order, with the same settings (same "
+                "files, seed and options)")
 
     def broadcast(self, tensors: Iterable[torch.Tensor], src: int = 0) -> None:
         """Overwrite ``tensors`` in place with their values on rank ``src``.

@@ -193,8 +193,11 @@ def train(
                 t0 = time.perf_counter()
                 module.train()
                 total, n = 0.0, 0
-                for batch in source.batches(batch_size, split="train", rng=rng,
-                                            drop_last=True):
+                fingerprint = 0.0  # of the batches seen; processes must see the same ones
+                for step, batch in enumerate(source.batches(batch_size, split="train", rng=rng,
+                                                            drop_last=True)):
+                    if group.active:
+                        fingerprint += (step + 1) * float(batch.sum(dtype=np.float64))
                     loss_value, n_batch = _gradients(step_loss, optimizer, group, batch,
                                                      device)
                     if not math.isfinite(loss_value):
@@ -207,6 +210,8 @@ def train(
                         after_step()
                     total += loss_value * n_batch
                     n += n_batch
+                if group.active:  # a clear error, not a silently wrong model
+                    group.check_same(batch_fingerprint=fingerprint)
                 module.eval()
                 train_loss = total / max(n, 1)
                 val_loss = (_mean_loss(step_loss, source, "val", max(batch_size, 1024), device,
