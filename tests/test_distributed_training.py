@@ -126,7 +126,7 @@ def test_train_single_process_unchanged_by_the_distributed_path():
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
         losses.append(total / len(X))
     assert [h["train_loss"] for h in res.history] == pytest.approx(losses, rel=1e-6)
     for a, b in zip(lin.parameters(), ref.parameters(), strict=True):
