@@ -246,20 +246,31 @@ def main(argv: Sequence[str] | None = None) -> dict:
 NOTES = """\
 Notes (read with the tables):
 
-- Decomposition: the loss draws no random numbers, so 2-process training reproduces the
-  single-process run up to the order of float additions (gradients of two half-batches
-  summed instead of one batch): same epochs, same learning-rate schedule, same early
-  stopping. The 2-thread single process differs from the 1-thread one by the same kind of
-  rounding (torch splits reductions between threads).
+- Decomposition: the loss draws no random numbers, and a 2-process step equals the
+  1-process step up to the order of float additions (two partial sums of the gradients
+  instead of one; first-epoch validation losses agree to ~1e-6 here, ~1e-7 on the small
+  map of the tests). Over hundreds of steps such rounding differences grow, fastest in
+  the first epochs where the loss falls steeply: the rounding baseline, one process whose
+  only change is the order of additions inside each batch, drifts as far as or further
+  than the 2-process run. So the 2-process model is as close to the reference as float
+  arithmetic allows; asking for more would also fail between two single-process runs on
+  different CPUs or BLAS builds. A learning-rate plateau decision that falls inside that
+  rounding can flip (the LR was halved at a different epoch in the 2-process run), as it
+  could between any two such runs. The tests (4 epochs, small map) check agreement to
+  1e-4; the measured difference there is ~1e-7. The 2-thread single process happened to
+  be bit-identical to 1 thread (torch did not split these reductions).
 - Denoise (binomial splitting): every process draws its own random halves, so the models
   differ as two seeds would; compare the final validation losses, not the outputs.
-- Speed: wall time includes starting Python, importing HyperSpy and torch (in every
-  process, plus torchrun's own launcher), reading the file, the data statistics and the
-  k-means initialisation (computed on every process) and writing the model; "training s"
-  is the epochs alone. On 2 cores shared with other work, 2 processes beat 1 only when
-  the load average leaves a core free, and per-step communication (one all-reduce of all
-  gradients, gloo over loopback) is paid at every step: data-parallel training pays off
-  for large maps and networks on separate machines or GPUs (NCCL), not on a laptop.
+- Speed: the machine was shared with other jobs (load average 6-9 on 2 cores during this
+  run): read the ratios, not the seconds, and expect other ratios on an idle machine.
+  Wall time includes starting Python, importing HyperSpy and torch (in every process, plus
+  torchrun's own launcher), reading the file, the data statistics and initialisation
+  (computed on every process) and writing the model; "training s" is the epochs alone,
+  where 2 processes took 0.73x (decomposition) and 0.93x (denoise, smaller batches: more
+  all-reduces per sample) of the reference. Two threads in one process were 5-14x
+  slower: torch's intra-op threads wait for each other when the cores are oversubscribed
+  (hence the `--threads 1` default). Data-parallel training pays off with free cores,
+  several GPUs (NCCL) or several machines, for large maps.
 """
 
 
