@@ -146,9 +146,10 @@ def train(
     by ``torchrun``, see :func:`hyperspy_mlspec.engine.distributed.init_from_env`), every
     process must call ``train`` with the same data and settings; each computes the loss on
     its slice of every global minibatch of ``batch_size`` rows, gradients and losses are
-    all-reduced, and the result equals single-process training up to float rounding when
+    all-reduced, and every step equals the single-process step up to float rounding when
     ``step_loss`` draws no random numbers (random draws, e.g. of denoising noise, differ per
-    process). Only rank 0 shows progress.
+    process); over many epochs the rounding differences grow as they do between any two
+    float orders (see ``benchmarks/RESULTS.md``). Only rank 0 shows progress.
 
     Returns
     -------
