@@ -140,6 +140,11 @@ def train(
     after_step
         Called after each optimiser step (e.g. to project weights onto a constraint).
 
+    Returns
+    -------
+    TrainResult
+        History and stopping information; the module holds the best weights.
+
     Notes
     -----
     With an initialised ``torch.distributed`` process group of several processes (started
@@ -150,11 +155,6 @@ def train(
     ``step_loss`` draws no random numbers (random draws, e.g. of denoising noise, differ per
     process); over many epochs the rounding differences grow as they do between any two
     float orders (see ``benchmarks/RESULTS.md``). Only rank 0 shows progress.
-
-    Returns
-    -------
-    TrainResult
-        History and stopping information; the module holds the best weights.
 
     Examples
     --------
