@@ -184,13 +184,14 @@ class SpectralEstimator(BaseEstimator):
     def _train(self, source: RowSource, epochs: int, batch_size: int, seed: int,
                patience: int | None) -> None:
         source.check = self._block_check()
+        norm = getattr(self, "normalizer_", None)
         group = Group.current()
-        if group.active:  # data-derived normalisation: rank 0's, so every process agrees
-            scale = torch.tensor(np.array(self.normalizer_.channel_scale, np.float32))
-            floor = torch.tensor([self.normalizer_.row_floor], dtype=torch.float64)
+        if group.active and norm is not None and norm.channel_scale is not None:
+            # data-derived normalisation: rank 0's, so every process agrees
+            scale = torch.tensor(np.array(norm.channel_scale, np.float32))
+            floor = torch.tensor([norm.row_floor], dtype=torch.float64)
             group.broadcast([scale, floor])
-            self.normalizer_.channel_scale = scale.numpy()
-            self.normalizer_.row_floor = float(floor[0])
+            norm.channel_scale, norm.row_floor = scale.numpy(), float(floor[0])
         if self._optimizer is None:
             self._optimizer = torch.optim.Adam(self.module_.parameters(), lr=self.learning_rate,
                                                weight_decay=self.weight_decay)
