@@ -249,6 +249,14 @@ def test_checkpoint_every_epoch_and_resume(tmp_path, eels):
         MaskedAutoencoder(256, 16, **TINY, checkpoint=ckpt).fit(s, resume=True)
 
 
+def test_more_pretraining_discards_the_probe(fitted):
+    X = np.random.default_rng(0).poisson(10, (40, C)).astype(np.float32)
+    mae = copy.deepcopy(fitted).fit_probe(X, np.arange(40) % 2)
+    with pytest.warns(UserWarning, match="discards the few-label head"):
+        mae.partial_fit(X)
+    assert mae.probe_ is None
+
+
 def test_resume_without_a_checkpoint_starts_fresh(eels, tmp_path):
     s, _ = eels
     mae = tiny(epochs=1, checkpoint=tmp_path / "none.mlspec").fit(s, resume=True)
@@ -316,6 +324,13 @@ def test_linear_probe_beats_chance_and_predicts_a_phase_map(fitted, eels):
     np.testing.assert_allclose(proba.data.sum(-1), 1, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(mae.probe_["classes"])[proba.data.argmax(-1)],
                                   phase.data)
+    assert mae.probe_["classes"] == [0, 1, 2] and phase.data.dtype.kind == "i"
+    lazy = s.as_lazy().mlspec.predict(mae)  # lazy in, lazy out, same map
+    assert lazy._lazy
+    np.testing.assert_array_equal(np.asarray(lazy.data.compute()), phase.data)
+    # labels given one per labelled pixel instead of navigation-shaped: same probe
+    again = copy.deepcopy(fitted).fit_probe(s, labels[~labelled], navigation_mask=labelled)
+    np.testing.assert_array_equal(s.mlspec.predict(again).data, phase.data)
 
 
 def test_lora_probe_regression_on_fractions(fitted, eels):

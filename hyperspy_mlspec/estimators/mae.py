@@ -499,6 +499,8 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         pool, records = self._pool(X, seed)
         if not continuing:
             self._initialise_pool(pool, seed)
+        else:
+            self._drop_probe()
         batch_size = self._batch_size(pool.n_rows)
         if self.batch_size != "auto" and batch_size > pool.n_rows:
             raise ValueError(f"batch_size={batch_size} is larger than the number of spectra "
@@ -533,11 +535,20 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         if first:
             self._initialise_pool(pool, seed)
             self.epochs_ = 0
+        else:
+            self._drop_probe()
         batch_size = min(self._batch_size(pool.n_rows), pool.n_rows)
+        self.pool_ = records
         self._train(pool, int(self.partial_fit_epochs), batch_size, seed, patience=None)
         self.epochs_ = self.n_epochs_
-        self.pool_ = records
         return self
+
+    def _drop_probe(self) -> None:
+        """Further pretraining changes the encoder: a head fitted on it is no longer valid."""
+        if getattr(self, "probe_", None) is not None:
+            warnings.warn("continuing pretraining discards the few-label head; call "
+                          "fit_probe again afterwards", stacklevel=3)
+        self.probe_, self._probe_net = None, None
 
     def _initialise_pool(self, pool: PoolSource, seed: int) -> None:
         rng = np.random.default_rng(seed)
@@ -692,12 +703,14 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             y = y.compute()
         y = np.asarray(y)
         n = len(rows)
-        if y.ndim >= 1 and y.shape[0] == n and (t is None or y.ndim <= 2):
-            pass
-        elif t is not None and y.shape[:len(t.nav_shape)] == t.nav_shape:
+        if t is not None and t.nav_shape and y.shape[:len(t.nav_shape)] == t.nav_shape:
+            # navigation-shaped labels (checked first: a 100x100 map with 100 labelled
+            # pixels must not be read as 100 labels of 100 targets)
             y = y.reshape((t.n_nav,) + y.shape[len(t.nav_shape):])
             if t.nav_index is not None:
                 y = y[t.nav_index]
+        elif y.ndim in (1, 2) and y.shape[0] == n:
+            pass
         else:
             where = (f"navigation_mask selects {n} of the {t.n_nav} pixels" if t is not None
                      and t.nav_index is not None else f"X holds {n} spectra")
@@ -784,6 +797,8 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
                 raise ValueError(f"classification needs one label per spectrum, y has shape "
                                  f"{y.shape}")
             classes, target = np.unique(y, return_inverse=True)
+            if np.all(classes == np.round(classes)):
+                classes = classes.astype(np.int64)  # integer labels give integer maps
             if len(classes) < 2:
                 raise ValueError(f"y holds a single class ({classes[0]:g}): a classifier needs "
                                  "labelled spectra of at least two classes")
