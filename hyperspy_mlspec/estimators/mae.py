@@ -258,15 +258,7 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, "
                              f"got {self.normalization!r}")
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if value != "auto" and not (isinstance(value, numbers.Integral) and value >= 1):
-                raise ValueError(f"{name} must be 'auto' or a positive integer, got {value!r}")
-        if not 0 <= self.validation_fraction < 1:
-            raise ValueError("validation_fraction must be in [0, 1), "
-                             f"got {self.validation_fraction!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        self._check_training_params()
         if self.signal_range is not None and len(self.signal_range) != 2:
             raise ValueError(f"signal_range must be (start, end), got {self.signal_range!r}")
 
