@@ -44,12 +44,7 @@ from hyperspy_mlspec.axis import AxisInfo, alignment, convert, parse_position
 from hyperspy_mlspec.engine import ArraySource, DaskSource, PoolSource, resolve_device, train
 from hyperspy_mlspec.engine.sources import RowSource
 from hyperspy_mlspec.estimators.base import SpectralEstimator, is_dask
-from hyperspy_mlspec.models.mae import (
-    LORA_TARGETS,
-    MaskedSpectrumTransformer,
-    inject_lora,
-    lora_layers,
-)
+from hyperspy_mlspec.models.mae import MaskedSpectrumTransformer, inject_lora
 
 NORMALIZATIONS = ("auto", "log", "standard")
 _ARCH = ("n_channels", "patch_size", "embed_dim", "depth", "heads", "decoder_dim",
@@ -1015,4 +1010,4 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             self._probe_net = net.to(self.device_).eval()
 
 
-__all__ = ["LORA_TARGETS", "MaskedAutoencoder", "lora_layers"]
+__all__ = ["MaskedAutoencoder"]
