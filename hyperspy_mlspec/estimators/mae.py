@@ -730,10 +730,11 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         head
             ``"linear"``: logistic regression (classification) or ridge regression with
             cross-validated strength (regression) on standardised embeddings.
-            ``"lora"``: the linear probe, then LoRA adapters of rank ``rank`` on the
-            ``lora_targets`` attention projections of every encoder block and the head,
-            trained together with the engine (cross-entropy or MSE on standardised targets;
-            20% of the labels held out for early stopping when there are at least 50).
+            ``"lora"``: the linear probe (fitted on the labels not held out), then LoRA
+            adapters of rank ``rank`` on the ``lora_targets`` attention projections of
+            every encoder block and the head, trained together with the engine
+            (cross-entropy or MSE on standardised targets; 20% of the labels held out for
+            early stopping when there are at least 50).
         task
             ``"classification"``, ``"regression"`` or ``"auto"`` (classification for
             integer, boolean or integer-valued labels, else regression).
@@ -819,7 +820,10 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         if head == "lora":
             rank = int(rank)
             encoder = copy.deepcopy(self.module_)
-            inject_lora(encoder, rank, lora_alpha, tuple(lora_targets))
+            # adapters in the encoder only (the decoder plays no part in embeddings); all
+            # pretrained weights frozen, so the saved adapters + head rebuild the probe
+            encoder.requires_grad_(False)
+            inject_lora(encoder.blocks, rank, lora_alpha, tuple(lora_targets))
             info.update(rank=rank, lora_alpha=float(lora_alpha),
                         lora_targets=list(lora_targets))
         net = _ProbeNet(encoder, n_out).to(self.device_)
@@ -1004,7 +1008,8 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             encoder = self.module_
             if p["head"] == "lora":
                 encoder = copy.deepcopy(self.module_)
-                inject_lora(encoder, p["rank"], p["lora_alpha"], tuple(p["lora_targets"]))
+                inject_lora(encoder.blocks, p["rank"], p["lora_alpha"],
+                            tuple(p["lora_targets"]))
             n_out = len(p["classes"]) if p["task"] == "classification" else p["n_targets"]
             net = _ProbeNet(encoder, n_out)
             probe = {k[len("probe."):]: torch.as_tensor(v) for k, v in arrays.items()
