@@ -52,6 +52,10 @@ class SpectralEstimator(BaseEstimator):
     def _after_fit(self, source: RowSource) -> None:
         """Derived fitted attributes (components, variances...)."""
 
+    def _epoch_end_callback(self) -> Callable[[dict], None] | None:
+        """Called by the loop after each epoch with its history row (checkpoints)."""
+        return None
+
     # -- validation -------------------------------------------------------------------------
     def _check_params(self) -> None:
         if self.loss not in ("auto",) + LOSSES:
@@ -59,6 +63,10 @@ class SpectralEstimator(BaseEstimator):
         if self.normalization not in ("auto",) + KINDS:
             raise ValueError(f"normalization must be 'auto' or one of {KINDS}, "
                              f"got {self.normalization!r}")
+        self._check_training_params()
+
+    def _check_training_params(self) -> None:
+        """Checks of the parameters every estimator passes to the training loop."""
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if value != "auto" and not (isinstance(value, numbers.Integral) and value >= 1):
@@ -198,7 +206,8 @@ class SpectralEstimator(BaseEstimator):
         result = train(self.module_, self._step_loss(), source, epochs=epochs,
                        batch_size=batch_size, patience=patience, device=self.device_,
                        seed=seed, optimizer=self._optimizer,
-                       show_progressbar=self.show_progressbar, desc=type(self).__name__)
+                       show_progressbar=self.show_progressbar, desc=type(self).__name__,
+                       on_epoch_end=self._epoch_end_callback())
         offset = self.n_epochs_
         for row in result.history:
             row["epoch"] += offset
