@@ -530,6 +530,7 @@ def _train_model(args: argparse.Namespace, group) -> str | None:
             + (f", val loss {val:.6g}" if val is not None else "")
             + f", {group.world_size} process(es), {time.perf_counter() - t0:.1f} s)")
 
+
 # -- masked autoencoder: pretrain and embed -------------------------------------------------
 def _add_mae_parsers(sub) -> None:
     pre = sub.add_parser(
