@@ -20,6 +20,7 @@ from hyperspy_mlspec.estimators import (  # noqa: E402
     DenoisingAutoencoder,
 )
 from hyperspy_mlspec.persistence import load_model  # noqa: E402
+from hyperspy_mlspec.streaming import StreamingMonitor  # noqa: E402
 
 register()
 
@@ -29,6 +30,7 @@ __all__ = [
     "ClusterResult",
     "DenoisingAutoencoder",
     "MLSpecNamespace",
+    "StreamingMonitor",
     "__version__",
     "data",
     "load_model",
