@@ -328,6 +328,7 @@ class StreamingMonitor:
                             if n_score > 1 else None)
         self._lock = threading.Lock()  # guards swaps done from worker callbacks
         self._last_notify = -math.inf
+        self._fast = None  # (model, its _FastAutoencoder or None)
         self.last_refresh_seconds_ = math.nan
         self._closed = False
 
@@ -680,7 +681,9 @@ class StreamingMonitor:
             metric = "deviance" if looks_like_counts(xm[:256]) else "mse"
             if metric == "deviance" and xm.min() < 0:
                 metric = "mse"
-        codes, recon = _infer(model, xm, self.batch_size)
+        if self._fast is None or self._fast[0] is not model:
+            self._fast = (model, _fast_path(model))
+        codes, recon = _infer(model, xm, self.batch_size, self._fast[1])
         scores = self._scores(xm, recon, metric)
         return codes, scores, metric, xm
 
@@ -930,12 +933,96 @@ def _as_index(value, name: str) -> int:
     return int(value)
 
 
-def _infer(model, x: np.ndarray, batch_size: int) -> tuple[np.ndarray | None, np.ndarray]:
+class _FastAutoencoder:
+    """Inference-only form of a fitted dense :class:`AutoencoderDecomposition` network.
+
+    The per-spectrum and per-channel normalisation and the encoder's input standardisation
+    are folded into the first layer (``W' = W / (c * scale)``, ``b' = b - W shift/scale``,
+    divided by the row scale after the matmul), and the channel scale into the decoder's
+    output weights, so each batch costs the matmuls plus a few in-place element-wise
+    passes instead of about ten passes over ``(n, C)`` temporaries. Built only when a
+    probe batch gives the model's own ``_encode_tensor``/``_decode_tensor`` results
+    (:func:`_fast_path` falls back to those otherwise).
+    """
+
+    def __init__(self, model) -> None:
+        import torch
+
+        module, norm = model.module_, model.normalizer_
+        first = module.encoder.net[0]
+        with torch.no_grad():
+            c = torch.as_tensor(norm.channel_scale, dtype=torch.float32)
+            scale, shift = module.input_scale.float().cpu(), module.input_shift.float().cpu()
+            w = first.weight.detach().float().cpu()
+            self.w1 = (w / (c * scale)).T.contiguous()  # (C, h1)
+            self.b1 = first.bias.detach().float().cpu() - w @ (shift / scale)
+            self.rest = list(module.encoder.net[2:])  # after the first Linear and SiLU
+            self.mu = module.mu
+            self.activation = module.latent_activation
+            w_out = module.out.weight.detach().float().cpu()  # (C, k), softplus applied
+            self.w_out = (w_out * c[:, None]).T.contiguous()  # (k, C)
+            self.hidden = module.hidden_decoder
+            self.nonnegative = module.nonnegative
+            self.c = c
+        self.norm = norm
+
+    def __call__(self, x):
+        import torch
+        from torch.nn import functional as F
+
+        r = self.norm.row_scale(x)
+        h = F.silu(torch.mm(x, self.w1).div_(r).add_(self.b1), inplace=True)
+        for layer in self.rest:
+            h = layer(h)
+        code = self.activation(self.mu(h)) * r
+        recon = code @ self.w_out
+        if self.hidden is not None:
+            length = code.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            corr = self.hidden(code / length)
+            if self.nonnegative:
+                recon.mul_(corr.clamp_(-10.0, 10.0).exp_())
+            else:
+                recon.add_(corr.mul_(length).mul_(self.c))
+        return code, recon
+
+
+def _fast_path(model):
+    """A :class:`_FastAutoencoder` for ``model`` when it reproduces the model on a probe
+    batch (CPU, dense encoder), else None."""
+    import torch
+
+    from hyperspy_mlspec.models.autoencoder import DenseEncoder, SpectralAutoencoder
+
+    module = getattr(model, "module_", None)
+    if not (isinstance(module, SpectralAutoencoder) and isinstance(module.encoder,
+                                                                  DenseEncoder)
+            and str(getattr(model, "device_", "cpu")) == "cpu"
+            and hasattr(model, "_encode_tensor")):
+        return None
+    try:
+        fast = _FastAutoencoder(model)
+        gen = torch.Generator().manual_seed(0)
+        scale = float(np.mean(model.normalizer_.channel_scale)) ** 2 or 1.0
+        probe = torch.rand(16, int(model.n_features_in_), generator=gen) * 4 * scale
+        with torch.inference_mode():
+            z_ref = model._encode_tensor(probe)
+            x_ref = model._decode_tensor(z_ref)
+            z, x = fast(probe)
+        ok = (torch.allclose(z, z_ref, rtol=1e-4, atol=1e-5 * float(z_ref.abs().max()))
+              and torch.allclose(x, x_ref, rtol=1e-4, atol=1e-5 * float(x_ref.abs().max())))
+    except Exception:  # noqa: BLE001 - any surprise: use the model's own methods
+        return None
+    return fast if ok else None
+
+
+def _infer(model, x: np.ndarray, batch_size: int,
+           fast=None) -> tuple[np.ndarray | None, np.ndarray]:
     """Latent codes (None for models without) and reconstruction of float32 rows.
 
-    The package's estimators take the inference-only fast path: one encode and one decode
-    per batch under ``torch.inference_mode`` (``transform`` + ``inverse_transform`` would
-    encode twice, ``reconstruct`` would not return the codes). Other models go through
+    The package's estimators take the inference-only path: one encode and one decode per
+    batch under ``torch.inference_mode`` (``transform`` + ``inverse_transform`` would
+    encode twice, ``reconstruct`` would not return the codes), through ``fast`` (a
+    :class:`_FastAutoencoder`) when given. Other models go through
     :func:`hyperspy_mlspec.anomaly._reconstruct`.
     """
     import torch
@@ -945,9 +1032,13 @@ def _infer(model, x: np.ndarray, batch_size: int) -> tuple[np.ndarray | None, np
         with torch.inference_mode():
             for i in range(0, x.shape[0], batch_size):
                 xt = torch.from_numpy(x[i:i + batch_size]).to(model.device_)
-                z = model._encode_tensor(xt)
+                if fast is not None:
+                    z, r = fast(xt)
+                else:
+                    z = model._encode_tensor(xt)
+                    r = model._decode_tensor(z)
                 codes.append(z.cpu().numpy())
-                recon.append(model._decode_tensor(z).cpu().numpy())
+                recon.append(r.cpu().numpy())
         return np.concatenate(codes), np.concatenate(recon)
     if hasattr(model, "_denoise_tensor"):
         recon = []
