@@ -167,9 +167,11 @@ class StreamingMonitor:
     batch_size
         Spectra per forward pass of the model.
     num_threads
-        Threads for inference (torch intra-op threads, set during :meth:`update` and
-        restored after; torch's setting is process-wide) and for scoring. None: torch's
-        current setting.
+        Threads used during :meth:`update` and :meth:`refresh`: torch intra-op threads,
+        BLAS threads (threadpoolctl) and the scoring pool, set for the call and restored
+        after (both settings are process-wide). None leaves torch's and BLAS's settings
+        alone. On a machine shared with other jobs, 1 is often fastest (threads that wait
+        for descheduled ones spin): see ``benchmarks/RESULTS.md``.
     fine_tune
         Continue training (a copy of) the model on recent spectra, see the module
         description. Needs a model with ``partial_fit``.
@@ -695,7 +697,7 @@ class StreamingMonitor:
             return _row_scores(x[i:i + _SCORE_ROWS], recon[i:i + _SCORE_ROWS], metric,
                                self.smoothing)
 
-        if self._score_pool is None or x.shape[0] <= _SCORE_ROWS:
+        if self._score_pool is None or x.shape[0] < 8 * _SCORE_ROWS:  # not worth a handoff
             parts = [chunk(i) for i in starts]
         else:
             parts = list(self._score_pool.map(chunk, starts))
@@ -906,8 +908,26 @@ def _torch_threads() -> int:
     return int(torch.get_num_threads())
 
 
+_BLAS = None
+
+
+def _blas_controller():
+    """threadpoolctl controller of the BLAS libraries of numpy and scipy (created once,
+    after scipy's BLAS is loaded, so both are seen)."""
+    global _BLAS
+    if _BLAS is None:
+        import scipy.linalg.blas  # noqa: F401  (load scipy's own OpenBLAS first)
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS
+
+
 class _threads:
-    """Set torch's intra-op thread count for a block, then restore it (None: unchanged)."""
+    """Set torch's intra-op threads and the BLAS threads for a block, then restore them
+    (None: unchanged). On a machine shared with other jobs, fewer threads than cores can
+    be much faster: idle OpenMP/OpenBLAS threads spin while waiting for descheduled ones
+    (measured 40x slower small BLAS calls with 2 threads at load 8 on 2 cores)."""
 
     def __init__(self, n: int | None) -> None:
         self.n = n
@@ -919,12 +939,15 @@ class _threads:
             self.old = torch.get_num_threads()
             if self.old != self.n:
                 torch.set_num_threads(int(self.n))
+            self.blas = _blas_controller().limit(limits=int(self.n), user_api="blas")
 
     def __exit__(self, *exc) -> None:
-        if self.n is not None and self.old != self.n:
+        if self.n is not None:
             import torch
 
-            torch.set_num_threads(self.old)
+            self.blas.restore_original_limits()
+            if self.old != self.n:
+                torch.set_num_threads(self.old)
 
 
 def _as_index(value, name: str) -> int:
