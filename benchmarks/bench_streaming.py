@@ -24,7 +24,7 @@ scoring pool on all usable cores (2 on the reference machine):
   ``IncrementalPCA.partial_fit`` on the same stream (batches of 256), as a ratio, and the
   agreement of their components.
 * **latency** of each ``update()`` call (percentiles, max) with model and PCA: without any
-  refresh, while background refreshes run (``refresh_every=1024``), and with refreshes in
+  refresh, while background refreshes run (``refresh_every=2048``), and with refreshes in
   the calling thread (``background=False``: the stall the background thread avoids).
 
 Best of 3 passes for throughputs. The machine is shared: the 1-minute load average is
