@@ -27,7 +27,8 @@ Streaming PCA
     Covariance accumulation in float64: spectra are buffered into chunks and each chunk is
     added with one symmetric rank-k update (BLAS ``dsyrk``, O(chunk * C^2)) to shifted
     sums. Every ``refresh_every`` spectra the accumulated sums are handed to a background
-    thread which merges them and computes the eigendecomposition of the C x C covariance;
+    thread which merges them and computes the top eigenpairs of the C x C covariance
+    (Lanczos started from the previous basis, or ``np.linalg.eigh``);
     the new basis is swapped in atomically (one reference assignment), and spectra are
     scored with the latest basis available, so the stream never waits for a refresh.
     With Poisson (Keenan-Kotula) weighting, the weighting of
