@@ -105,7 +105,7 @@ def _top_eigenpairs(cov: np.ndarray, k: int,
         if start is not None and start.shape == (k, n):
             v0 = start.sum(axis=0) + 1e-3 * np.random.default_rng(0).standard_normal(n)
         try:
-            values, vectors = eigsh(cov, k=k, which="LA", v0=v0, tol=1e-10)
+            values, vectors = eigsh(cov, k=k, which="LA", v0=v0, tol=1e-8)
             order = np.argsort(values)[::-1]
             return values[order], vectors[:, order].T
         except ArpackNoConvergence:
