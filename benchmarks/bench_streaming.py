@@ -359,22 +359,30 @@ Notes (read with the tables):
 - Throughput: one `update()` call runs the network once per batch (codes and
   reconstruction together, `torch.inference_mode`, normalisation folded into the first and
   last layers), then the Poisson deviance of `hyperspy_mlspec.anomaly` (float64, on
-  64-row chunks in a thread pool), and writes the maps in place. "fraction of matmul peak"
-  counts the network's matmul FLOPs only; the rest of the time is element-wise work
-  (activations, exp, deviance) and Python overhead.
-- The reference machine is shared by several jobs: when the load average is above the
-  number of cores, all rates here are lower than on an idle machine by about that factor,
-  and so is the matmul peak measured in the same process (the fraction of peak is the more
-  stable figure).
+  64-row chunks, in a thread pool for large batches), and writes the maps in place.
+  "fraction of peak" counts the network's matmul FLOPs only, against a float32 matmul
+  measured in the same process with the same thread count; the rest of the time is
+  element-wise work (activations, exp, deviance), small-batch inefficiency (one scan row of
+  64 spectra per call; feeding several rows per call is faster) and Python overhead.
+- Threads: the reference machine is shared by several jobs. When its load average is
+  above its 2 cores, two torch/BLAS threads are much slower than one (a thread waiting at
+  a barrier for a descheduled partner spins), which is why `StreamingMonitor` has
+  `num_threads` (applied to torch, BLAS and the scoring pool during `update()`). On such a
+  machine all rates are lower than on an idle one by about the load factor, and so is the
+  matmul peak measured alongside (the fraction of peak is the more stable figure).
 - Streaming PCA: the accumulation is one BLAS `dsyrk` per chunk of 256 spectra
   (`O(chunk C^2)` in float64, in place), against an SVD of `(k + batch) x C` per batch for
   `IncrementalPCA`. A refresh computes the top k eigenpairs of the `C x C` covariance
   (Lanczos, ARPACK `eigsh`, started from the previous basis; `np.linalg.eigh` below 384
   channels or if Lanczos fails) once per `refresh_every` spectra, in a background thread;
-  IncrementalPCA updates its basis at every batch, the monitor only at refreshes.
-- Latency: with `background=True` the calls made while a refresh was running are slower
-  (the eigendecomposition's BLAS threads share the cores) but never wait for it; with
-  `background=False` the call that triggers a refresh takes the whole eigendecomposition.
+  IncrementalPCA updates its basis at every batch, the monitor only at refreshes, so the
+  comparison depends on `refresh_every` (the table gives both the accumulation alone and
+  the accumulation with periodic refreshes). Its components are those of exact PCA;
+  IncrementalPCA's are approximate where eigenvalues are close (the noise continuum of
+  these maps starts at the third component).
+- Latency: with `background=True` the calls made while a refresh runs are slower (the
+  refresh's BLAS work shares the cores) but never wait for it; with `background=False`
+  the call that triggers a refresh takes the whole refresh.
 """
 
 
