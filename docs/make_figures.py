@@ -237,12 +237,12 @@ def fig_anomaly() -> None:
 # -- real-time monitoring ---------------------------------------------------------------------
 def fig_streaming() -> None:
     """A simulated acquisition watched by a StreamingMonitor: the live anomaly map part-way
-    and at the end, a streaming-PCA loading map and the coverage."""
+    and at the end, and a latent code map."""
     from hyperspy_mlspec import AutoencoderDecomposition, StreamingMonitor
     from hyperspy_mlspec.data import eds_map, simulate_acquisition
 
     # the model is trained beforehand on a reference map of the same material
-    reference = eds_map((48, 48), n_channels=128, dose=20, random_state=1)
+    reference = eds_map((64, 64), n_channels=128, dose=20, random_state=1)
     model = AutoencoderDecomposition(n_components=4, epochs=40, random_state=0,
                                      show_progressbar=False)
     model.fit(reference.data.reshape(-1, 128))
@@ -258,19 +258,18 @@ def fig_streaming() -> None:
         monitor.refresh()
         print(f"  {monitor!r}")
         final = monitor.anomaly_map.data.copy()
-        loading = monitor.pca_loadings.data[..., 0].copy()
+        code = monitor.latent_map.data[..., 0].copy()
     from matplotlib.colors import LogNorm
 
     norm = LogNorm(vmin=np.nanmin(final), vmax=np.nanmax(final))
-    fig, axes = plt.subplots(1, 5, figsize=(17, 3.6))
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.4), layout="constrained")
     for ax, (rows, data) in zip(axes[:2], snapshots.items(), strict=True):
-        _imshow(ax, np.ma.masked_invalid(data), f"anomaly_map after {rows} of 64 rows",
+        _imshow(ax, np.ma.masked_invalid(data), f"anomaly_map, {rows}/64 rows",
                 cmap="magma", norm=norm)
-    im = _imshow(axes[2], final, "anomaly_map, acquisition complete", cmap="magma",
-                 norm=norm)
+    im = _imshow(axes[2], final, "anomaly_map, complete", cmap="magma", norm=norm)
     fig.colorbar(im, ax=axes[:3], shrink=0.85, label="Poisson deviance per channel")
     _imshow(axes[3], truth.rare_mask, "truth: rare-phase pixels", cmap="gray")
-    im = _imshow(axes[4], loading, "pca_loadings, component 1", cmap="RdBu_r")
+    im = _imshow(axes[4], code, "latent_map, code 1", cmap="viridis")
     fig.colorbar(im, ax=axes[4], shrink=0.85)
     _save(fig, "streaming.png")
 
