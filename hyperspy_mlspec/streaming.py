@@ -785,6 +785,7 @@ class StreamingMonitor:
             if not force:
                 return  # one refresh at a time; the sums keep growing meanwhile
             self._refresh_future.result()
+            self._collect_refresh()
         delta, self._delta = self._delta, None
         self._since_refresh = 0
         if delta is None or delta.n == 0:
@@ -920,7 +921,7 @@ class StreamingMonitor:
             if self._chunk_rows >= self.pca_chunk:
                 with _threads(self.num_threads):
                     self._flush_chunk()
-            if self._since_refresh >= self.refresh_every:
+            if self._since_refresh >= self.refresh_every and not self.refreshing:
                 with _threads(self.num_threads):
                     self._flush_chunk()
                     self._start_refresh()
