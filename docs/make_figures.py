@@ -291,9 +291,49 @@ def fig_mae() -> None:
     _save(fig, "mae.png")
 
 
+# -- real-time monitoring ---------------------------------------------------------------------
+def fig_streaming() -> None:
+    """A simulated acquisition watched by a StreamingMonitor: the live anomaly map part-way
+    and at the end, and a latent code map."""
+    from hyperspy_mlspec import AutoencoderDecomposition, StreamingMonitor
+    from hyperspy_mlspec.data import eds_map, simulate_acquisition
+
+    # the model is trained beforehand on a reference map of the same material
+    reference = eds_map((64, 64), n_channels=128, dose=20, random_state=1)
+    model = AutoencoderDecomposition(n_components=4, epochs=40, random_state=0,
+                                     show_progressbar=False)
+    model.fit(reference.data.reshape(-1, 128))
+    s, truth = eds_map((64, 64), n_channels=128, dose=20, rare_phase=True,
+                       rare_fraction=0.005, return_truth=True)
+    snapshots = {}
+    with StreamingMonitor(s, model=model, n_components=3, refresh_every=512,
+                          num_threads=1) as monitor:
+        for step, (positions, spectra) in enumerate(simulate_acquisition(s)):
+            monitor.update(spectra, positions)
+            if step + 1 in (24, 48):
+                snapshots[step + 1] = monitor.anomaly_map.data.copy()
+        monitor.refresh()
+        print(f"  {monitor!r}")
+        final = monitor.anomaly_map.data.copy()
+        code = monitor.latent_map.data[..., 0].copy()
+    from matplotlib.colors import LogNorm
+
+    norm = LogNorm(vmin=np.nanmin(final), vmax=np.nanmax(final))
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.4), layout="constrained")
+    for ax, (rows, data) in zip(axes[:2], snapshots.items(), strict=True):
+        _imshow(ax, np.ma.masked_invalid(data), f"anomaly_map, {rows}/64 rows",
+                cmap="magma", norm=norm)
+    im = _imshow(axes[2], final, "anomaly_map, complete", cmap="magma", norm=norm)
+    fig.colorbar(im, ax=axes[:3], shrink=0.85, label="Poisson deviance per channel")
+    _imshow(axes[3], truth.rare_mask, "truth: rare-phase pixels", cmap="gray")
+    im = _imshow(axes[4], code, "latent_map, code 1", cmap="viridis")
+    fig.colorbar(im, ax=axes[4], shrink=0.85)
+    _save(fig, "streaming.png")
+
+
 FIGURES = {"data": fig_data, "decomposition": fig_decomposition,
-           "denoising": fig_denoising, "anomaly": fig_anomaly,
-           "mae": fig_mae}
+           "denoising": fig_denoising, "anomaly": fig_anomaly, "mae": fig_mae,
+           "streaming": fig_streaming}
 
 
 def main(names: list[str]) -> int:

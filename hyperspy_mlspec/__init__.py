@@ -21,6 +21,7 @@ from hyperspy_mlspec.estimators import (  # noqa: E402
     MaskedAutoencoder,
 )
 from hyperspy_mlspec.persistence import load_model  # noqa: E402
+from hyperspy_mlspec.streaming import StreamingMonitor  # noqa: E402
 
 register()
 
@@ -31,6 +32,7 @@ __all__ = [
     "DenoisingAutoencoder",
     "MLSpecNamespace",
     "MaskedAutoencoder",
+    "StreamingMonitor",
     "__version__",
     "data",
     "load_model",

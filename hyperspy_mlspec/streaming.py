@@ -1,0 +1,1123 @@
+"""Real-time monitoring of a spectrum image while it is being acquired.
+
+:class:`StreamingMonitor` is fed spectra as they arrive (whole scan rows, or single pixels,
+with their navigation positions) and keeps live HyperSpy maps that are updated **in place**:
+the same signal objects, their ``data`` written and ``events.data_changed`` triggered, so
+a map opened with ``.plot()`` redraws itself during the acquisition::
+
+    monitor = StreamingMonitor(template, model=ae, n_components=4)
+    monitor.anomaly_map.plot()                    # redraws while data arrive
+    for positions, spectra in detector_stream():  # e.g. data.simulate_acquisition(s)
+        monitor.update(spectra, positions)
+    monitor.close()
+
+Two analyses, either or both:
+
+Fitted model
+    Any of the package's estimators (:class:`~hyperspy_mlspec.AutoencoderDecomposition`,
+    :class:`~hyperspy_mlspec.DenoisingAutoencoder`, a model loaded with
+    :func:`~hyperspy_mlspec.load_model`) or a scikit-learn decomposition with
+    ``transform``/``inverse_transform``. Each batch is run through the network once
+    (``torch.inference_mode``, batched), giving the latent codes (``latent_map``) and the
+    reconstruction; the anomaly score is computed by the same function as
+    :func:`hyperspy_mlspec.anomaly.anomaly_map` (Poisson deviance or MSE per channel,
+    optional residual smoothing), so once every pixel has been fed the live map equals the
+    batch one.
+Streaming PCA
+    Covariance accumulation in float64: spectra are buffered into chunks and each chunk is
+    added with one symmetric rank-k update (BLAS ``dsyrk``, O(chunk * C^2)) to shifted
+    sums. Every ``refresh_every`` spectra the accumulated sums are handed to a background
+    thread which merges them and computes the top eigenpairs of the C x C covariance
+    (Lanczos started from the previous basis, or ``np.linalg.eigh``);
+    the new basis is swapped in atomically (one reference assignment), and spectra are
+    scored with the latest basis available, so the stream never waits for a refresh.
+    With Poisson (Keenan-Kotula) weighting, the weighting of
+    :mod:`hyperspy_mlspec.engine.normalization` (``"poisson"``) is used: spectra are
+    divided by the square root of their mean (per spectrum, accumulated) and the
+    covariance by the square root of the running channel means (at each refresh). The
+    residual score is the mean squared residual per channel in these units (about 1 for
+    Poisson noise the basis explains).
+
+Online fine-tuning (``fine_tune=True``) continues training a *copy* of the model on a
+buffer of recent spectra (the ``fine_tune_trim`` highest-scoring ones left out, so that
+anomalies are not learned) with its ``partial_fit``, in a background thread; the copy
+replaces the model used for scoring when its training ends. The model passed in is never
+modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from hyperspy_mlspec import signal_io as sio
+from hyperspy_mlspec.anomaly import _QUANTITY, _reconstruct, _row_scores
+from hyperspy_mlspec.axis import AxisInfo, alignment
+
+__all__ = ["StreamingMonitor"]
+
+_SCORE_ROWS = 64  # rows per scoring chunk: cache-sized float64 temporaries (3x faster)
+_MAX_PENDING = 65_536  # spectra kept for PCA scoring until the first basis exists
+
+
+@dataclass(frozen=True)
+class _Basis:
+    """One PCA basis, immutable: the scoring thread reads it while the next is computed."""
+
+    version: int
+    n_samples: int
+    mean: np.ndarray  # (C,) float32, in weighted units
+    components: np.ndarray  # (k, C) float32, orthonormal rows
+    components64: np.ndarray  # (k, C) float64
+    explained_variance: np.ndarray  # (k,)
+    total_variance: float
+    channel_scale: np.ndarray | None  # (C,) float32, Poisson weighting only
+
+
+_LANCZOS_MIN_CHANNELS = 384  # below, a full eigh is as cheap
+
+
+def _top_eigenpairs(cov: np.ndarray, k: int,
+                    start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest eigenvalues and eigenvectors (rows) of a symmetric matrix.
+
+    From ``_LANCZOS_MIN_CHANNELS`` channels on: implicitly restarted Lanczos (ARPACK,
+    ``scipy.sparse.linalg.eigsh``) started from the previous basis ``start``, which needs
+    only matrix-vector products, ``O(C^2)`` each: measured 10x faster than a full
+    ``np.linalg.eigh`` at 2048 channels, with the same eigenvectors (|cosine| 1 to 6
+    digits, also within clusters of nearly equal noise eigenvalues, where a plain subspace
+    iteration stalls). Else, or if Lanczos does not converge, ``np.linalg.eigh``. Both
+    leave the GIL free for most of the time (the products run in BLAS), so the stream
+    goes on while they run; scipy's dense ``eigh`` holds it (measured 150 ms stalls).
+    """
+    n = cov.shape[0]
+    if n >= _LANCZOS_MIN_CHANNELS and k < n - 1:
+        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+        v0 = None
+        if start is not None and start.shape == (k, n):
+            v0 = start.sum(axis=0) + 1e-3 * np.random.default_rng(0).standard_normal(n)
+        try:
+            values, vectors = eigsh(cov, k=k, which="LA", v0=v0, tol=1e-8)
+            order = np.argsort(values)[::-1]
+            return values[order], vectors[:, order].T
+        except ArpackNoConvergence:
+            pass
+    values, vectors = np.linalg.eigh(cov)
+    return values[::-1][:k], vectors[:, ::-1][:, :k].T
+
+
+def _sign_align(new: np.ndarray, old: np.ndarray | None) -> np.ndarray:
+    """Flip components so each points the way of its predecessor (maps keep their sign)."""
+    if old is None:
+        # deterministic sign: the largest absolute loading is positive (as sklearn's svd_flip)
+        signs = np.sign(new[np.arange(len(new)), np.argmax(np.abs(new), axis=1)])
+    else:
+        k = min(len(new), len(old))
+        signs = np.ones(len(new))
+        signs[:k] = np.sign(np.einsum("ij,ij->i", new[:k], old[:k]))
+    signs[signs == 0] = 1.0
+    return new * signs[:, None]
+
+
+class _Accumulator:
+    """Shifted first and second moments: ``n``, ``s = sum(y - K)``, ``S = sum (y-K)(y-K)^T``
+    (upper triangle only), with a fixed shift ``K`` near the mean (numerically stable).
+
+    Sums over disjoint sets of spectra with the same shift add up, which is what lets the
+    stream hand its sums over to the refresh thread without copying them."""
+
+    def __init__(self, n_channels: int, shift: np.ndarray) -> None:
+        self.n = 0
+        self.shift = shift
+        self.s = np.zeros(n_channels)
+        self.S = np.zeros((n_channels, n_channels), order="F")
+        self.raw_sum = np.zeros(n_channels)  # channel sums of the unweighted counts
+
+    def add(self, y: np.ndarray, raw_sum: np.ndarray) -> None:
+        from scipy.linalg.blas import dsyrk
+
+        yk = y - self.shift
+        # S += yk.T @ yk, upper triangle, in place: half the FLOPs of a matmul, no temporary
+        self.S = dsyrk(1.0, np.asfortranarray(yk.T), beta=1.0, c=self.S, trans=0,
+                       overwrite_c=1)
+        self.s += yk.sum(axis=0)
+        self.n += y.shape[0]
+        self.raw_sum += raw_sum
+
+    def merge(self, other: _Accumulator) -> None:
+        self.S += other.S
+        self.s += other.s
+        self.n += other.n
+        self.raw_sum += other.raw_sum
+
+
+class StreamingMonitor:
+    """Live anomaly, latent and PCA maps of a spectrum image during its acquisition.
+
+    Parameters
+    ----------
+    template
+        A HyperSpy signal with the navigation axes of the acquisition and the signal axis
+        of its spectra (lazy is fine: only its axes are read), e.g. a previous scan or an
+        empty lazy signal. Maps keep its navigation calibration. None: give
+        ``navigation_shape`` and ``n_channels`` instead (uncalibrated axes).
+    model
+        A fitted model (see the module description). Spectra on another calibrated energy
+        axis than the model's are resampled onto it, as for
+        :func:`~hyperspy_mlspec.anomaly.anomaly_map`.
+    navigation_shape
+        Navigation shape in array order, ``(rows, columns)`` or ``(n,)``; without template.
+    n_channels
+        Channels per spectrum; without template.
+    n_components
+        Number of streaming PCA components; None disables the streaming PCA (then a model
+        is required).
+    metric
+        Anomaly score of the model: ``"deviance"``, ``"mse"`` or ``"auto"`` (the model's
+        noise model, else deviance when the first spectra are counts), as in
+        :func:`~hyperspy_mlspec.anomaly.anomaly_map`.
+    smoothing
+        Residual smoothing of the model's score (Gaussian sigma in channels), as in
+        :func:`~hyperspy_mlspec.anomaly.anomaly_map`.
+    pca_weighting
+        ``"poisson"`` (Keenan-Kotula), ``"none"``, or ``"auto"``: Poisson when the model's
+        loss is Poisson, else when the first spectra are counts.
+    refresh_every
+        Spectra between two eigendecompositions of the PCA covariance.
+    background
+        Refresh the PCA basis (and fine-tune) in a background thread (True) or inside the
+        :meth:`update` call that triggers it (False: deterministic, but the stream stalls).
+    pca_chunk
+        Spectra buffered before one rank-k covariance update (bigger chunks use BLAS
+        better; single pixels are never added one by one).
+    batch_size
+        Spectra per forward pass of the model.
+    num_threads
+        Threads used during :meth:`update` and :meth:`refresh`: torch intra-op threads,
+        BLAS threads (threadpoolctl) and the scoring pool, set for the call and restored
+        after (both settings are process-wide). None leaves torch's and BLAS's settings
+        alone. On a machine shared with other jobs, 1 is often fastest (threads that wait
+        for descheduled ones spin): see ``benchmarks/RESULTS.md``.
+    fine_tune
+        Continue training (a copy of) the model on recent spectra, see the module
+        description. Needs a model with ``partial_fit``.
+    fine_tune_every
+        Spectra between two fine-tuning rounds.
+    fine_tune_buffer
+        Most recent spectra kept for fine-tuning.
+    fine_tune_trim
+        Fraction of the buffer with the highest anomaly scores left out of fine-tuning.
+    redraw_interval
+        Least seconds between two ``data_changed`` events of the maps (open plots redraw
+        on each); :meth:`notify` forces one.
+
+    Attributes
+    ----------
+    anomaly_map
+        Navigation map (Signal2D for a 2-D scan, Signal1D for a line) of the model's anomaly
+        score, or of the PCA residual without a model; NaN where nothing was acquired yet.
+    latent_map
+        Latent codes of the model, navigation x components (Signal1D); None when the model
+        has none (a denoiser).
+    pca_loadings
+        PCA scores, navigation x ``n_components`` (Signal1D; ``pca_loadings.T`` gives one
+        image per component); computed with the basis available when the pixel arrived.
+    pca_residual_map
+        Mean squared PCA residual per channel (weighted units); the same object as
+        ``anomaly_map`` without a model.
+    coverage
+        Navigation map of how many times each pixel was fed (0 = not acquired).
+    n_seen_
+        Spectra fed so far.
+    model_
+        The model used now (a fine-tuned copy after a fine-tuning round).
+
+    Examples
+    --------
+    >>> import hyperspy_mlspec
+    >>> from hyperspy_mlspec.data import eels_map, simulate_acquisition
+    >>> s = eels_map((8, 8), n_channels=64)
+    >>> mon = StreamingMonitor(s, n_components=3, refresh_every=16, background=False)
+    >>> for positions, spectra in simulate_acquisition(s, rows_per_step=2):
+    ...     mon.update(spectra, positions)
+    >>> mon.n_seen_, mon.pca_components_.shape
+    (64, (3, 64))
+    >>> mon.close()
+    """
+
+    def __init__(self, template=None, model=None, *, navigation_shape=None,
+                 n_channels: int | None = None, n_components: int | None = None,
+                 metric: str = "auto", smoothing: float = 0.0, pca_weighting: str = "auto",
+                 refresh_every: int = 4096, background: bool = True, pca_chunk: int = 256,
+                 batch_size: int = 2048, num_threads: int | None = None,
+                 fine_tune: bool = False, fine_tune_every: int = 8192,
+                 fine_tune_buffer: int = 8192, fine_tune_trim: float = 0.05,
+                 redraw_interval: float = 0.2) -> None:
+        self._check_params(model, n_components, metric, smoothing, pca_weighting,
+                           refresh_every, pca_chunk, batch_size, num_threads, fine_tune,
+                           fine_tune_every, fine_tune_buffer, fine_tune_trim)
+        template = self._template(template, navigation_shape, n_channels)
+        self.template = template
+        am = template.axes_manager
+        self.navigation_shape = tuple(int(n) for n in template.data.shape[
+            : am.navigation_dimension])
+        self.n_channels = int(am.signal_axes[0].size)
+        self._n_nav = int(np.prod(self.navigation_shape, dtype=np.int64))
+        self.n_components = n_components
+        self.smoothing = float(smoothing)
+        self.refresh_every = int(refresh_every)
+        self.background = bool(background)
+        self.pca_chunk = int(pca_chunk)
+        self.batch_size = int(batch_size)
+        self.num_threads = num_threads
+        self.fine_tune = bool(fine_tune)
+        self.fine_tune_every = int(fine_tune_every)
+        self.fine_tune_buffer = int(fine_tune_buffer)
+        self.fine_tune_trim = float(fine_tune_trim)
+        self.redraw_interval = float(redraw_interval)
+        self.n_seen_ = 0
+        self.n_refreshes_ = 0
+        self.n_fine_tunes_ = 0
+        self.model_ = model
+        title = str(template.metadata.General.title or "acquisition")
+
+        # model: metric, channel alignment, latent size
+        self._resample = None
+        self.metric_ = None
+        n_latent = 0
+        if model is not None:
+            self._resample = self._model_alignment(model, template)
+            loss = getattr(model, "loss_", None)
+            if metric == "auto" and loss is not None:
+                metric = "deviance" if loss == "poisson" else "mse"
+            self.metric_ = None if metric == "auto" else metric  # else: from the first batch
+            n_latent = self._latent_size(model)
+        self._metric_arg = metric
+        if pca_weighting == "auto" and model is not None and getattr(model, "loss_", None):
+            pca_weighting = "poisson" if model.loss_ == "poisson" else "none"
+        self.pca_weighting_ = None if pca_weighting == "auto" else pca_weighting
+
+        # live maps (created once; only their data change)
+        nan_nav = np.full(self.navigation_shape, np.nan)
+        self.coverage = sio.navigation_image(template, np.zeros(self.navigation_shape,
+                                                                np.int64),
+                                             f"Coverage of {title}", "spectra acquired")
+        self.latent_map = None
+        self.pca_loadings = None
+        self.pca_residual_map = None
+        if n_components is not None:
+            self.pca_loadings = sio.vector_signal(
+                template, np.full(self.navigation_shape + (n_components,), np.nan),
+                f"Streaming PCA loadings of {title}", "component")
+            self.pca_residual_map = sio.navigation_image(
+                template, nan_nav.copy(), f"Streaming PCA residual of {title}",
+                "Mean squared residual per channel (PCA" + (
+                    ", Poisson-weighted)" if self.pca_weighting_ == "poisson" else ")"))
+        if model is not None:
+            self.anomaly_map = sio.navigation_image(
+                template, nan_nav.copy(), f"Live anomaly score of {title}",
+                _QUANTITY.get(self.metric_ or "", "anomaly score"))
+            if n_latent:
+                self.latent_map = sio.vector_signal(
+                    template, np.full(self.navigation_shape + (n_latent,), np.nan),
+                    f"Live latent codes of {title}", "latent")
+        else:
+            self.anomaly_map = self.pca_residual_map
+        for m in self._maps():
+            sio.record(m, "streaming_monitor", model=type(model).__name__ if model else "",
+                       n_components=int(n_components or 0))
+
+        # streaming PCA state: the stream owns `_delta` and the chunk buffer; the refresh
+        # thread owns `_base`; `_basis` is swapped by reference
+        self._basis: _Basis | None = None
+        self._shift: np.ndarray | None = None
+        self._delta: _Accumulator | None = None
+        self._base: _Accumulator | None = None
+        self._chunk: list[np.ndarray] = []
+        self._chunk_rows = 0
+        self._since_refresh = 0
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_rows = 0
+        self.n_unscored_ = 0
+        self._refresh_future: Future | None = None
+        self._tune_future: Future | None = None
+        self._tune_rows: np.ndarray | None = None
+        self._tune_scores: np.ndarray | None = None
+        self._tune_next = 0
+        self._tune_filled = 0
+        self._since_tune = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlspec-pca")
+        self._tune_executor = (ThreadPoolExecutor(max_workers=1,
+                                                  thread_name_prefix="mlspec-tune")
+                               if self.fine_tune else None)
+        n_score = num_threads or _torch_threads()
+        self._score_pool = (ThreadPoolExecutor(max_workers=n_score,
+                                               thread_name_prefix="mlspec-score")
+                            if n_score > 1 else None)
+        self._lock = threading.Lock()  # guards swaps done from worker callbacks
+        self._last_notify = -math.inf
+        self._fast = None  # (model, its _FastAutoencoder or None)
+        self.last_refresh_seconds_ = math.nan
+        self._closed = False
+
+    # -- construction helpers -------------------------------------------------------------
+    @staticmethod
+    def _check_params(model, n_components, metric, smoothing, pca_weighting, refresh_every,
+                      pca_chunk, batch_size, num_threads, fine_tune, fine_tune_every,
+                      fine_tune_buffer, fine_tune_trim) -> None:
+        if model is None and n_components is None:
+            raise ValueError("nothing to monitor: give a fitted model (model=...), a number "
+                             "of streaming PCA components (n_components=...), or both.")
+        if n_components is not None and not (isinstance(n_components, (int, np.integer))
+                                             and n_components >= 1):
+            raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
+        if metric not in ("auto", "deviance", "mse"):
+            raise ValueError(f"metric must be 'auto', 'deviance' or 'mse', got {metric!r}")
+        if pca_weighting not in ("auto", "poisson", "none"):
+            raise ValueError("pca_weighting must be 'auto', 'poisson' or 'none', got "
+                             f"{pca_weighting!r}")
+        if not (float(smoothing) >= 0 and math.isfinite(smoothing)):
+            raise ValueError(f"smoothing must be >= 0 (channels), got {smoothing!r}")
+        for name, value in (("refresh_every", refresh_every), ("pca_chunk", pca_chunk),
+                            ("batch_size", batch_size), ("fine_tune_every", fine_tune_every),
+                            ("fine_tune_buffer", fine_tune_buffer)):
+            if not (isinstance(value, (int, np.integer)) and value >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if num_threads is not None and not (isinstance(num_threads, (int, np.integer))
+                                            and num_threads >= 1):
+            raise ValueError(f"num_threads must be None or a positive integer, got "
+                             f"{num_threads!r}")
+        if not (0 <= fine_tune_trim < 1):
+            raise ValueError(f"fine_tune_trim must be in [0, 1), got {fine_tune_trim!r}")
+        if fine_tune and (model is None or not hasattr(model, "partial_fit")):
+            raise ValueError("fine_tune=True needs a model with partial_fit (e.g. an "
+                             "AutoencoderDecomposition).")
+        if model is not None and not (hasattr(model, "reconstruct") or hasattr(
+                model, "_denoise_tensor") or (hasattr(model, "transform")
+                                              and hasattr(model, "inverse_transform"))):
+            raise TypeError(f"{type(model).__name__} cannot reconstruct spectra: a model "
+                            "needs reconstruct(X), or transform and inverse_transform.")
+
+    @staticmethod
+    def _template(template, navigation_shape, n_channels):
+        if template is None:
+            if navigation_shape is None or n_channels is None:
+                raise ValueError("give a template signal, or navigation_shape and n_channels")
+            import dask.array as da
+            from hyperspy.signals import LazySignal1D
+
+            shape = ((int(navigation_shape),) if np.isscalar(navigation_shape)
+                     else tuple(int(n) for n in navigation_shape))
+            if not shape or min(shape) < 1 or int(n_channels) < 2:
+                raise ValueError(f"navigation_shape {navigation_shape!r} and n_channels "
+                                 f"{n_channels!r} must be positive (at least 2 channels)")
+            # a lazy signal of zeros costs no memory: only its axes are used
+            template = LazySignal1D(da.zeros(shape + (int(n_channels),), chunks=-1,
+                                             dtype=np.float32))
+            template.metadata.General.title = "acquisition"
+        elif navigation_shape is not None or n_channels is not None:
+            raise ValueError("give either a template signal or navigation_shape and "
+                             "n_channels, not both")
+        sio.check_signal(template)
+        nav_dim = template.axes_manager.navigation_dimension
+        if nav_dim not in (1, 2):
+            raise ValueError(f"the monitor needs a line scan or a map (navigation dimension "
+                             f"1 or 2); the template has {nav_dim}.")
+        return template
+
+    def _model_alignment(self, model, template):
+        n_expected = getattr(model, "n_features_in_", None)
+        axis_dict = getattr(model, "signal_axis_", None)
+        if axis_dict is not None:
+            data_axis = AxisInfo.from_axis(template.axes_manager.signal_axes[0])
+            return alignment(data_axis, AxisInfo.from_dict(axis_dict))
+        if n_expected is not None and int(n_expected) != self.n_channels:
+            raise ValueError(f"the model expects {n_expected} channels but the spectra have "
+                             f"{self.n_channels}; the model records no energy axis to "
+                             "resample onto.")
+        return None
+
+    @staticmethod
+    def _latent_size(model) -> int:
+        if hasattr(model, "_encode_tensor") and hasattr(model, "n_components"):
+            return int(model.n_components)
+        if hasattr(model, "transform") and hasattr(model, "inverse_transform"):
+            comps = getattr(model, "components_", None)
+            return int(comps.shape[0]) if comps is not None else 0
+        return 0
+
+    def _maps(self) -> list:
+        maps = [self.anomaly_map, self.latent_map, self.pca_loadings, self.pca_residual_map,
+                self.coverage]
+        out = []
+        for m in maps:
+            if m is not None and all(m is not o for o in out):
+                out.append(m)
+        return out
+
+    # -- public API ------------------------------------------------------------------------
+    def update(self, spectra, positions) -> None:
+        """Feed spectra with their navigation positions.
+
+        Parameters
+        ----------
+        spectra
+            Array ``(n, n_channels)``, or one spectrum ``(n_channels,)``.
+        positions
+            Navigation indices in array order: ``(n, 2)`` ``(row, column)`` pairs for a map
+            (one pair for one spectrum), or ``(n,)`` flat indices (C order). A pixel fed
+            again is re-scored (the maps show its last spectrum; ``coverage`` counts both).
+
+        Raises
+        ------
+        ValueError
+            Wrong spectrum length, NaN or infinity, negative counts with Poisson scoring or
+            weighting, positions out of range or not matching the spectra. Nothing is
+            changed then: the monitor can take the next (correct) batch.
+
+        Examples
+        --------
+        >>> mon.update(spectra, [(0, 0), (0, 1)])  # doctest: +SKIP
+        """
+        self._check_open()
+        x, flat = self._validate(spectra, positions)
+        if x.shape[0] == 0:
+            return
+        with _threads(self.num_threads):
+            self._collect_refresh()
+            model_out = self._apply_model(x) if self.model_ is not None else None
+            pca_out = self._score_pca(x) if self.n_components is not None else None
+        # everything is computed: now change the state
+        self._commit(x, flat, model_out, pca_out)
+
+    def push_row(self, row_index: int, spectra, start: int = 0) -> None:
+        """Feed (part of) one scan row of a map: ``spectra`` ``(n, n_channels)`` at columns
+        ``start ... start + n - 1`` of row ``row_index``.
+
+        Examples
+        --------
+        >>> mon.push_row(3, s.data[3])  # doctest: +SKIP
+        """
+        if len(self.navigation_shape) != 2:
+            raise ValueError("push_row is for maps (2-D navigation); use update() with flat "
+                             "indices for a line scan.")
+        x = np.asarray(spectra)
+        n = 1 if x.ndim == 1 else int(x.shape[0])
+        cols = int(start) + np.arange(n)
+        rows = np.full(n, _as_index(row_index, "row_index"))
+        self.update(x, np.column_stack([rows, cols]))
+
+    def push_pixel(self, position, spectrum) -> None:
+        """Feed one spectrum at ``position`` (``(row, column)`` or a flat index).
+
+        Examples
+        --------
+        >>> mon.push_pixel((2, 5), spectrum)  # doctest: +SKIP
+        """
+        x = np.asarray(spectrum)
+        if x.ndim != 1:
+            raise ValueError(f"push_pixel takes one spectrum (1-D), got shape {x.shape}")
+        self.update(x, position)
+
+    def refresh(self, wait: bool = True) -> None:
+        """Refresh the PCA basis now from every spectrum fed so far (the chunk buffer is
+        added first); with ``wait`` block until the new basis is in use (and pixels fed
+        before the first basis are scored)."""
+        self._check_open()
+        if self.n_components is None:
+            return
+        with _threads(self.num_threads):
+            self._flush_chunk()
+            if self._delta is not None and self._delta.n:
+                self._start_refresh(force=True)
+            if wait:
+                self.wait()
+
+    def wait(self) -> None:
+        """Wait for the background refresh and fine-tuning in progress, then use their
+        results (maps are updated and notified)."""
+        for fut in (self._refresh_future, self._tune_future):
+            if fut is not None:
+                fut.result()
+        self._collect_refresh()
+        self.notify()
+
+    def notify(self) -> None:
+        """Trigger ``events.data_changed`` of every map now (open plots redraw)."""
+        for m in self._maps():
+            m.events.data_changed.trigger(obj=m)
+        self._last_notify = time.perf_counter()
+
+    def close(self) -> None:
+        """Wait for background work and stop the worker threads (maps stay usable)."""
+        if self._closed:
+            return
+        try:
+            self.wait()
+        finally:
+            self._closed = True
+            for ex in (self._executor, self._tune_executor, self._score_pool):
+                if ex is not None:
+                    ex.shutdown(wait=True)
+
+    def __enter__(self) -> StreamingMonitor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        parts = [f"navigation {self.navigation_shape}", f"{self.n_channels} channels",
+                 f"{self.n_seen_} spectra seen"]
+        if self.model_ is not None:
+            parts.append(f"model {type(self.model_).__name__} ({self.metric_ or 'auto'})")
+        if self.n_components is not None:
+            parts.append(f"PCA {self.n_components} components, basis "
+                         f"v{self._basis.version if self._basis else 0}")
+        return f"<StreamingMonitor: {', '.join(parts)}>"
+
+    # fitted PCA attributes (of the latest basis)
+    @property
+    def pca_components_(self) -> np.ndarray | None:
+        """Latest PCA components ``(n_components, n_channels)`` (orthonormal, in weighted
+        units with Poisson weighting); None before the first refresh."""
+        return None if self._basis is None else self._basis.components64.copy()
+
+    @property
+    def pca_mean_(self) -> np.ndarray | None:
+        """Mean (weighted units) of the spectra the latest basis was computed from."""
+        return None if self._basis is None else self._basis.mean.astype(np.float64)
+
+    @property
+    def pca_explained_variance_(self) -> np.ndarray | None:
+        """Variances along the latest components."""
+        return None if self._basis is None else self._basis.explained_variance.copy()
+
+    @property
+    def pca_explained_variance_ratio_(self) -> np.ndarray | None:
+        b = self._basis
+        return None if b is None else b.explained_variance / max(b.total_variance, 1e-300)
+
+    @property
+    def pca_channel_scale_(self) -> np.ndarray | None:
+        """Channel weights ``sqrt(channel mean)`` of the Poisson weighting (None without)."""
+        b = self._basis
+        return None if b is None or b.channel_scale is None else b.channel_scale.copy()
+
+    @property
+    def pca_basis_version_(self) -> int:
+        """Number of bases computed so far (0: none yet)."""
+        return 0 if self._basis is None else self._basis.version
+
+    @property
+    def refreshing(self) -> bool:
+        """True while a PCA refresh runs in the background."""
+        return self._refresh_future is not None and not self._refresh_future.done()
+
+    # -- validation (nothing is changed here) ----------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this StreamingMonitor is closed; make a new one.")
+
+    def _validate(self, spectra, positions) -> tuple[np.ndarray, np.ndarray]:
+        if hasattr(spectra, "compute"):
+            spectra = spectra.compute()
+        x = np.asarray(spectra)
+        single = x.ndim == 1
+        if single:
+            x = x[None, :]
+        if x.ndim != 2:
+            raise ValueError(f"spectra must be (n, {self.n_channels}) or one spectrum "
+                             f"({self.n_channels},), got shape {np.shape(spectra)}")
+        if x.shape[1] != self.n_channels:
+            raise ValueError(f"wrong spectrum length: got {x.shape[1]} channels, the monitor "
+                             f"expects {self.n_channels} (the template's signal axis).")
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.iscomplexobj(x):
+            raise ValueError(f"spectra must be real numbers, got dtype {x.dtype}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        flat = self._flat_positions(positions, x.shape[0], single)
+        finite = np.isfinite(x).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise ValueError(f"{bad.size} spectra contain NaN or infinity (batch rows "
+                             f"{bad[:5].tolist()}{'...' if bad.size > 5 else ''}); nothing "
+                             "was added. Replace the values (np.nan_to_num) or leave those "
+                             "pixels out.")
+        if self._needs_counts() and x.size and x.min() < 0:
+            bad = np.flatnonzero(x.min(axis=1) < 0)
+            raise ValueError(f"{bad.size} spectra contain negative values (batch rows "
+                             f"{bad[:5].tolist()}), but the scoring is Poisson "
+                             f"(metric={self.metric_!r}, pca_weighting="
+                             f"{self.pca_weighting_!r}); nothing was added. Remove the offset "
+                             "that made counts negative, or use metric='mse' / "
+                             "pca_weighting='none'.")
+        return x, flat
+
+    def _needs_counts(self) -> bool:
+        return self.metric_ == "deviance" or (self.n_components is not None
+                                              and self.pca_weighting_ == "poisson")
+
+    def _flat_positions(self, positions, n: int, single: bool) -> np.ndarray:
+        nav = self.navigation_shape
+        p = np.asarray(positions)
+        if p.dtype == bool or not (np.issubdtype(p.dtype, np.integer) or (
+                np.issubdtype(p.dtype, np.floating) and p.size
+                and np.all(np.isfinite(p)) and np.all(p == np.round(p)))):
+            if p.size:
+                raise ValueError(f"positions must be integer navigation indices, got "
+                                 f"{p.dtype} values {p.ravel()[:4].tolist()}")
+        p = p.astype(np.int64)
+        if p.ndim == 1 and single and len(nav) > 1 and p.size == len(nav):
+            p = p[None, :]  # one (row, column) pair for one spectrum
+        if p.ndim == 0:
+            p = p[None]
+        if p.ndim == 2 and p.shape[1] == len(nav):
+            if p.shape[0] != n:
+                raise ValueError(f"{p.shape[0]} positions for {n} spectra")
+            for d, size in enumerate(nav):
+                bad = (p[:, d] < 0) | (p[:, d] >= size)
+                if bad.any():
+                    order = "(row, column)" if len(nav) == 2 else "(index,)"
+                    raise ValueError(
+                        f"position out of range: index {p[bad][0].tolist()} is outside the "
+                        f"navigation shape {nav} (array order, {order}); nothing was added.")
+            return np.ravel_multi_index(tuple(p.T), nav).astype(np.int64)
+        if p.ndim == 1:
+            if p.size != n:
+                raise ValueError(f"{p.size} positions for {n} spectra: give one flat index "
+                                 f"per spectrum, or an ({n}, {len(nav)}) array of indices")
+            bad = (p < 0) | (p >= self._n_nav)
+            if bad.any():
+                raise ValueError(f"position out of range: flat index {int(p[bad][0])} is "
+                                 f"outside 0..{self._n_nav - 1} (navigation shape {nav}); "
+                                 "nothing was added.")
+            return p
+        raise ValueError(f"positions of shape {np.shape(positions)} do not fit {n} spectra: "
+                         f"give ({n}, {len(nav)}) indices or ({n},) flat indices")
+
+    # -- model -----------------------------------------------------------------------------
+    def _apply_model(self, x: np.ndarray):
+        """Latent codes (or None), anomaly scores, metric and the model's input rows of a
+        batch; pure (state untouched)."""
+        model = self.model_
+        xm = x if self._resample is None else np.ascontiguousarray(
+            self._resample(x), dtype=np.float32)
+        metric = self.metric_
+        if metric is None:
+            from hyperspy_mlspec.estimators.base import looks_like_counts
+
+            metric = "deviance" if looks_like_counts(xm[:256]) else "mse"
+            if metric == "deviance" and xm.min() < 0:
+                metric = "mse"
+        if self._fast is None or self._fast[0] is not model:
+            self._fast = (model, _fast_path(model))
+        codes, recon = _infer(model, xm, self.batch_size, self._fast[1])
+        scores = self._scores(xm, recon, metric)
+        return codes, scores, metric, xm
+
+    def _scores(self, x: np.ndarray, recon: np.ndarray, metric: str) -> np.ndarray:
+        """:func:`hyperspy_mlspec.anomaly` scores on cache-sized chunks, in parallel."""
+        starts = range(0, x.shape[0], _SCORE_ROWS)
+
+        def chunk(i: int) -> np.ndarray:
+            return _row_scores(x[i:i + _SCORE_ROWS], recon[i:i + _SCORE_ROWS], metric,
+                               self.smoothing)
+
+        if self._score_pool is None or x.shape[0] < 8 * _SCORE_ROWS:  # not worth a handoff
+            parts = [chunk(i) for i in starts]
+        else:
+            parts = list(self._score_pool.map(chunk, starts))
+        return np.concatenate(parts)
+
+    # -- streaming PCA ---------------------------------------------------------------------
+    def _weighted_rows(self, x: np.ndarray) -> np.ndarray:
+        """Rows divided by their Poisson row scale (float64), or unchanged."""
+        y = x.astype(np.float64)
+        if self.pca_weighting_ == "poisson":
+            r = np.sqrt(np.clip(y.mean(axis=1, keepdims=True), 0, None))
+            y /= np.where(r > 0, r, 1.0)
+        return y
+
+    def _project(self, x: np.ndarray, basis: _Basis) -> tuple[np.ndarray, np.ndarray]:
+        """PCA scores and mean squared residual per channel of raw rows, with ``basis``."""
+        z = x
+        if basis.channel_scale is not None:
+            r = np.sqrt(np.clip(x.mean(axis=1, keepdims=True, dtype=np.float64), 0, None))
+            r = np.where(r > 0, r, 1.0).astype(np.float32)
+            z = x / (r * basis.channel_scale)
+        zc = z - basis.mean
+        t = zc @ basis.components.T
+        # orthonormal basis: |residual|^2 = |zc|^2 - |t|^2 (no reconstruction needed)
+        total = np.einsum("ij,ij->i", zc, zc, dtype=np.float64)
+        resid = np.maximum(total - np.einsum("ij,ij->i", t, t, dtype=np.float64), 0.0)
+        return t.astype(np.float64), resid / x.shape[1]
+
+    def _score_pca(self, x: np.ndarray):
+        basis = self._basis
+        if basis is None:
+            return None
+        return self._project(x, basis)
+
+    def _flush_chunk(self) -> None:
+        """Add the buffered spectra to the stream's covariance sums (one rank-k update)."""
+        if not self._chunk_rows:
+            return
+        x = self._chunk[0] if len(self._chunk) == 1 else np.concatenate(self._chunk)
+        self._chunk, self._chunk_rows = [], 0
+        y = self._weighted_rows(x)
+        if self._shift is None:
+            self._shift = y.mean(axis=0)  # fixed shift: keeps the sums well conditioned
+        if self._delta is None:
+            self._delta = _Accumulator(self.n_channels, self._shift)
+        self._delta.add(y, x.sum(axis=0, dtype=np.float64))
+
+    def _start_refresh(self, force: bool = False) -> None:
+        """Hand the stream's sums to the refresh thread (or refresh here, not background)."""
+        if self._refresh_future is not None and not self._refresh_future.done():
+            if not force:
+                return  # one refresh at a time; the sums keep growing meanwhile
+            self._refresh_future.result()
+            self._collect_refresh()
+        delta, self._delta = self._delta, None
+        self._since_refresh = 0
+        if delta is None or delta.n == 0:
+            return
+        if self.background:
+            self._refresh_future = self._executor.submit(self._refresh_job, delta)
+        else:
+            self._refresh_job(delta)
+
+    def _refresh_job(self, delta: _Accumulator) -> None:
+        """Merge sums and eigendecompose the covariance (refresh thread; owns ``_base``)."""
+        t0 = time.perf_counter()
+        if self._base is None:
+            self._base = delta
+        else:
+            self._base.merge(delta)
+        acc = self._base
+        n = acc.n
+        if n < 2:
+            return
+        upper = np.triu(acc.S)
+        S = upper + np.triu(acc.S, 1).T
+        cov = (S - np.outer(acc.s, acc.s) / n) / (n - 1)
+        mean_y = acc.shift + acc.s / n
+        scale = None
+        if self.pca_weighting_ == "poisson":
+            # channel weights as engine.normalization's "poisson": sqrt(channel mean), floored
+            c = np.sqrt(np.clip(acc.raw_sum / n, 0, None))
+            positive = c[c > 0]
+            c = np.maximum(c, 1e-3 * positive.mean() if positive.size else 1.0)
+            cov /= np.outer(c, c)
+            mean_y = mean_y / c
+            scale = c
+        k = min(self.n_components, self.n_channels)
+        old = self._basis
+        values, comps = _top_eigenpairs(cov, k, None if old is None else old.components64)
+        order = np.argsort(values)[::-1]
+        values, comps = values[order], comps[order]
+        comps = _sign_align(comps, None if old is None else old.components64)
+        total = float(np.trace(S) - (acc.s @ acc.s) / n) / (n - 1) if scale is None else \
+            float(np.sum((np.diag(S) - acc.s**2 / n) / (n - 1) / scale**2))
+        basis = _Basis(version=(old.version if old else 0) + 1, n_samples=n,
+                       mean=mean_y.astype(np.float32), components=comps.astype(np.float32),
+                       components64=comps, explained_variance=np.maximum(values, 0),
+                       total_variance=total,
+                       channel_scale=None if scale is None else scale.astype(np.float32))
+        self._basis = basis  # atomic swap: the stream uses it from its next batch
+        self.n_refreshes_ += 1
+        self.last_refresh_seconds_ = time.perf_counter() - t0
+
+    def _collect_refresh(self) -> None:
+        """Surface errors of a finished refresh/fine-tune, adopt a fine-tuned model, and
+        score the spectra that arrived before the first basis."""
+        fut = self._refresh_future
+        if fut is not None and fut.done():
+            self._refresh_future = None
+            fut.result()  # re-raise a failure of the refresh thread here
+        fut = self._tune_future
+        if fut is not None and fut.done():
+            self._tune_future = None
+            tuned = fut.result()
+            if tuned is not None:
+                self.model_ = tuned
+                self.n_fine_tunes_ += 1
+        if self._pending and self._basis is not None:
+            pending, self._pending, self._pending_rows = self._pending, [], 0
+            idx = np.concatenate([p[0] for p in pending])
+            x = np.concatenate([p[1] for p in pending])
+            t, resid = self._project(x, self._basis)
+            self.pca_loadings.data.reshape(-1, self.n_components)[idx] = t
+            self.pca_residual_map.data.reshape(-1)[idx] = resid
+
+    # -- fine-tuning -----------------------------------------------------------------------
+    def _buffer_for_tuning(self, x: np.ndarray, scores: np.ndarray) -> None:
+        if self._tune_rows is None:
+            self._tune_rows = np.empty((self.fine_tune_buffer, x.shape[1]), np.float32)
+            self._tune_scores = np.empty(self.fine_tune_buffer)
+        size = self.fine_tune_buffer
+        x, scores = x[-size:], scores[-size:]
+        idx = (self._tune_next + np.arange(len(x))) % size
+        self._tune_rows[idx] = x
+        self._tune_scores[idx] = scores
+        self._tune_next = int((self._tune_next + len(x)) % size)
+        self._tune_filled = min(size, self._tune_filled + len(x))
+        self._since_tune += len(x)
+        busy = self._tune_future is not None and not self._tune_future.done()
+        if self._since_tune >= self.fine_tune_every and not busy:
+            self._since_tune = 0
+            rows = self._tune_rows[: self._tune_filled]
+            s = self._tune_scores[: self._tune_filled]
+            keep = s <= np.quantile(s, 1.0 - self.fine_tune_trim) if len(s) > 1 else \
+                np.ones(len(s), bool)
+            data = rows[keep].copy()  # the buffer keeps filling meanwhile
+            model = self.model_
+            if self.background:
+                self._tune_future = self._tune_executor.submit(_fine_tuned, model, data)
+            else:
+                self.model_ = _fine_tuned(model, data)
+                self.n_fine_tunes_ += 1
+
+    # -- committing a batch ----------------------------------------------------------------
+    def _commit(self, x, flat, model_out, pca_out) -> None:
+        n = x.shape[0]
+        if model_out is not None:
+            codes, scores, metric, _ = model_out
+            if self.metric_ is None:
+                self.metric_ = metric
+                self.anomaly_map.metadata.set_item("Signal.quantity", _QUANTITY[metric])
+            self.anomaly_map.data.reshape(-1)[flat] = scores
+            if codes is not None and self.latent_map is not None:
+                self.latent_map.data.reshape(-1, codes.shape[1])[flat] = codes
+        if self.n_components is not None:
+            if self.pca_weighting_ is None:
+                from hyperspy_mlspec.estimators.base import looks_like_counts
+
+                self.pca_weighting_ = "poisson" if looks_like_counts(x[:256]) else "none"
+                if self.pca_weighting_ == "poisson":
+                    self.pca_residual_map.metadata.set_item(
+                        "Signal.quantity", "Mean squared residual per channel (PCA, "
+                        "Poisson-weighted)")
+            if pca_out is not None:
+                t, resid = pca_out
+                self.pca_loadings.data.reshape(-1, self.n_components)[flat] = t
+                self.pca_residual_map.data.reshape(-1)[flat] = resid
+            elif self._pending_rows < _MAX_PENDING:
+                self._pending.append((flat.copy(), x.copy()))
+                self._pending_rows += n
+            else:
+                self.n_unscored_ += n
+            self._chunk.append(x.copy())  # the caller may reuse its buffer
+            self._chunk_rows += n
+            self._since_refresh += n
+            if self._chunk_rows >= self.pca_chunk:
+                with _threads(self.num_threads):
+                    self._flush_chunk()
+            if self._since_refresh >= self.refresh_every and not self.refreshing:
+                with _threads(self.num_threads):
+                    self._flush_chunk()
+                    self._start_refresh()
+                if not self.background:
+                    self._collect_refresh()
+        np.add.at(self.coverage.data.reshape(-1), flat, 1)
+        self.n_seen_ += n
+        if self.fine_tune and model_out is not None:
+            self._buffer_for_tuning(model_out[3], model_out[1])
+        if time.perf_counter() - self._last_notify >= self.redraw_interval:
+            self.notify()
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+_BLAS = None
+
+
+def _blas_controller():
+    """threadpoolctl controller of the BLAS libraries of numpy and scipy (created once,
+    after scipy's BLAS is loaded, so both are seen)."""
+    global _BLAS
+    if _BLAS is None:
+        import scipy.linalg.blas  # noqa: F401  (load scipy's own OpenBLAS first)
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS
+
+
+class _threads:
+    """Set torch's intra-op threads and the BLAS threads for a block, then restore them
+    (None: unchanged). On a machine shared with other jobs, fewer threads than cores can
+    be much faster: idle OpenMP/OpenBLAS threads spin while waiting for descheduled ones
+    (measured 40x slower small BLAS calls with 2 threads at load 8 on 2 cores)."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n = n
+
+    def __enter__(self) -> None:
+        if self.n is not None:
+            import torch
+
+            self.old = torch.get_num_threads()
+            if self.old != self.n:
+                torch.set_num_threads(int(self.n))
+            self.blas = _blas_controller().limit(limits=int(self.n), user_api="blas")
+
+    def __exit__(self, *exc) -> None:
+        if self.n is not None:
+            import torch
+
+            self.blas.restore_original_limits()
+            if self.old != self.n:
+                torch.set_num_threads(self.old)
+
+
+def _as_index(value, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+class _FastAutoencoder:
+    """Inference-only form of a fitted dense :class:`AutoencoderDecomposition` network.
+
+    The per-spectrum and per-channel normalisation and the encoder's input standardisation
+    are folded into the first layer (``W' = W / (c * scale)``, ``b' = b - W shift/scale``,
+    divided by the row scale after the matmul), and the channel scale into the decoder's
+    output weights, so each batch costs the matmuls plus a few in-place element-wise
+    passes instead of about ten passes over ``(n, C)`` temporaries. Built only when a
+    probe batch gives the model's own ``_encode_tensor``/``_decode_tensor`` results
+    (:func:`_fast_path` falls back to those otherwise).
+    """
+
+    def __init__(self, model) -> None:
+        import torch
+
+        module, norm = model.module_, model.normalizer_
+        first = module.encoder.net[0]
+        with torch.no_grad():
+            c = torch.as_tensor(norm.channel_scale, dtype=torch.float32)
+            scale, shift = module.input_scale.float().cpu(), module.input_shift.float().cpu()
+            w = first.weight.detach().float().cpu()
+            self.w1 = (w / (c * scale)).T.contiguous()  # (C, h1)
+            self.b1 = first.bias.detach().float().cpu() - w @ (shift / scale)
+            self.rest = list(module.encoder.net[2:])  # after the first Linear and SiLU
+            self.mu = module.mu
+            self.activation = module.latent_activation
+            w_out = module.out.weight.detach().float().cpu()  # (C, k), softplus applied
+            self.w_out = (w_out * c[:, None]).T.contiguous()  # (k, C)
+            self.hidden = module.hidden_decoder
+            self.nonnegative = module.nonnegative
+            self.c = c
+        self.norm = norm
+
+    def __call__(self, x):
+        import torch
+        from torch.nn import functional as F
+
+        r = self.norm.row_scale(x)
+        h = F.silu(torch.mm(x, self.w1).div_(r).add_(self.b1), inplace=True)
+        for layer in self.rest:
+            h = layer(h)
+        code = self.activation(self.mu(h)) * r
+        recon = code @ self.w_out
+        if self.hidden is not None:
+            length = code.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            corr = self.hidden(code / length)
+            if self.nonnegative:
+                recon.mul_(corr.clamp_(-10.0, 10.0).exp_())
+            else:
+                recon.add_(corr.mul_(length).mul_(self.c))
+        return code, recon
+
+
+def _fast_path(model):
+    """A :class:`_FastAutoencoder` for ``model`` when it reproduces the model on a probe
+    batch (CPU, dense encoder), else None."""
+    import torch
+
+    from hyperspy_mlspec.models.autoencoder import DenseEncoder, SpectralAutoencoder
+
+    module = getattr(model, "module_", None)
+    if not (isinstance(module, SpectralAutoencoder) and isinstance(module.encoder,
+                                                                  DenseEncoder)
+            and str(getattr(model, "device_", "cpu")) == "cpu"
+            and hasattr(model, "_encode_tensor")):
+        return None
+    try:
+        fast = _FastAutoencoder(model)
+        gen = torch.Generator().manual_seed(0)
+        scale = float(np.mean(model.normalizer_.channel_scale)) ** 2 or 1.0
+        probe = torch.rand(16, int(model.n_features_in_), generator=gen) * 4 * scale
+        with torch.inference_mode():
+            z_ref = model._encode_tensor(probe)
+            x_ref = model._decode_tensor(z_ref)
+            z, x = fast(probe)
+        ok = (torch.allclose(z, z_ref, rtol=1e-4, atol=1e-5 * float(z_ref.abs().max()))
+              and torch.allclose(x, x_ref, rtol=1e-4, atol=1e-5 * float(x_ref.abs().max())))
+    except Exception:  # noqa: BLE001 - any surprise: use the model's own methods
+        return None
+    return fast if ok else None
+
+
+def _infer(model, x: np.ndarray, batch_size: int,
+           fast=None) -> tuple[np.ndarray | None, np.ndarray]:
+    """Latent codes (None for models without) and reconstruction of float32 rows.
+
+    The package's estimators take the inference-only path: one encode and one decode per
+    batch under ``torch.inference_mode`` (``transform`` + ``inverse_transform`` would
+    encode twice, ``reconstruct`` would not return the codes), through ``fast`` (a
+    :class:`_FastAutoencoder`) when given. Other models go through
+    :func:`hyperspy_mlspec.anomaly._reconstruct`.
+    """
+    import torch
+
+    if hasattr(model, "_encode_tensor") and hasattr(model, "_decode_tensor"):
+        codes, recon = [], []
+        with torch.inference_mode():
+            for i in range(0, x.shape[0], batch_size):
+                xt = torch.from_numpy(x[i:i + batch_size]).to(model.device_)
+                if fast is not None:
+                    z, r = fast(xt)
+                else:
+                    z = model._encode_tensor(xt)
+                    r = model._decode_tensor(z)
+                codes.append(z.cpu().numpy())
+                recon.append(r.cpu().numpy())
+        return np.concatenate(codes), np.concatenate(recon)
+    if hasattr(model, "_denoise_tensor"):
+        recon = []
+        with torch.inference_mode():
+            for i in range(0, x.shape[0], batch_size):
+                xt = torch.from_numpy(x[i:i + batch_size]).to(model.device_)
+                recon.append(model._denoise_tensor(xt).cpu().numpy())
+        return None, np.concatenate(recon)
+    recon = np.asarray(_reconstruct(model, x))
+    codes = (np.asarray(model.transform(x)) if hasattr(model, "inverse_transform")
+             else None)
+    return codes, recon
+
+
+def _fine_tuned(model, data: np.ndarray):
+    """A copy of ``model`` trained further on ``data`` (``partial_fit``); the original is
+    left untouched, so scoring can go on with it meanwhile."""
+    tuned = copy.deepcopy(model)
+    if "show_progressbar" in tuned.get_params():
+        tuned.set_params(show_progressbar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tuned.partial_fit(data)
+    return tuned
+
