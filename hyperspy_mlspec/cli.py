@@ -614,13 +614,19 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
                             checkpoint=args.checkpoint, device=args.device,
                             random_state=args.seed)
     t0 = time.perf_counter()
+    from hyperspy_mlspec.engine import distributed
+
     try:
-        mae.fit(signals, resume=args.resume)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+        # under torchrun the processes train data-parallel in the one loop; rank 0 saves
+        with distributed.launched(device=args.device) as group:
+            mae.fit(signals, resume=args.resume)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         if args.verbose:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if not group.is_main:
+        return 0
     for path, rec in zip(paths, mae.pool_, strict=True):
         note = "resampled" if rec["resampled"] else "as is"
         print(f"  {path}: {rec['n_spectra']} spectra, {rec['n_channels']} channels ({note})")
