@@ -18,6 +18,7 @@ from hyperspy_mlspec.anomaly import AnomalyResult, ClusterResult, plot_embedding
 from hyperspy_mlspec.estimators import (  # noqa: E402
     AutoencoderDecomposition,
     DenoisingAutoencoder,
+    MaskedAutoencoder,
 )
 from hyperspy_mlspec.persistence import load_model  # noqa: E402
 
@@ -29,6 +30,7 @@ __all__ = [
     "ClusterResult",
     "DenoisingAutoencoder",
     "MLSpecNamespace",
+    "MaskedAutoencoder",
     "__version__",
     "data",
     "load_model",

@@ -21,10 +21,15 @@ FORMAT_VERSION = 1
 
 def _estimator_classes() -> dict:
     # explicit registry: loading never imports or executes anything named by the file
-    from hyperspy_mlspec.estimators import AutoencoderDecomposition, DenoisingAutoencoder
+    from hyperspy_mlspec.estimators import (
+        AutoencoderDecomposition,
+        DenoisingAutoencoder,
+        MaskedAutoencoder,
+    )
 
     return {"AutoencoderDecomposition": AutoencoderDecomposition,
-            "DenoisingAutoencoder": DenoisingAutoencoder}
+            "DenoisingAutoencoder": DenoisingAutoencoder,
+            "MaskedAutoencoder": MaskedAutoencoder}
 
 
 def _jsonable_params(estimator) -> dict:

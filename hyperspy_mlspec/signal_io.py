@@ -202,6 +202,8 @@ def table_for_model(signal, model, navigation_mask=None) -> SpectraTable:
     calibrations are converted (pint) and resampled, incompatible axes are refused.
     """
     check_signal(signal)
+    if hasattr(model, "table_for_signal"):  # models with their own resampling rule (MAE)
+        return model.table_for_signal(signal, navigation_mask)
     axis_dict = getattr(model, "signal_axis_", None)
     n_expected = int(model.n_features_in_)
     if axis_dict is None:

@@ -7,6 +7,7 @@ The engine knows nothing about HyperSpy signals; it sees rows of spectra, either
 from hyperspy_mlspec.engine.device import resolve_device
 from hyperspy_mlspec.engine.losses import gaussian_loss, poisson_deviance
 from hyperspy_mlspec.engine.normalization import Normalizer
+from hyperspy_mlspec.engine.pool import PoolSource
 from hyperspy_mlspec.engine.sources import ArraySource, DaskSource, RowSource, as_source
 from hyperspy_mlspec.engine.trainer import TrainResult, train
 
@@ -14,6 +15,7 @@ __all__ = [
     "ArraySource",
     "DaskSource",
     "Normalizer",
+    "PoolSource",
     "RowSource",
     "TrainResult",
     "as_source",

@@ -95,6 +95,7 @@ def train(
     show_progressbar: bool | None = None,
     desc: str = "Training",
     after_step: Callable[[], None] | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train ``module`` by minimising ``step_loss`` over minibatches of ``source``.
 
@@ -130,6 +131,9 @@ def train(
         Progress-bar label.
     after_step
         Called after each optimiser step (e.g. to project weights onto a constraint).
+    on_epoch_end
+        Called with the epoch's history row after each epoch (e.g. to save a checkpoint);
+        the module then holds the current, not the best, weights.
 
     Returns
     -------
@@ -194,6 +198,8 @@ def train(
                     "learning_rate": optimizer.param_groups[0]["lr"],
                     "seconds": time.perf_counter() - t0,
                 })
+                if on_epoch_end is not None:
+                    on_epoch_end(result.history[-1])
                 bar.update(1)
                 bar.set_postfix(loss=f"{train_loss:.4g}",
                                 **({"val": f"{val_loss:.4g}"} if has_val else {}))

@@ -2,5 +2,6 @@
 
 from hyperspy_mlspec.estimators.decomposition import AutoencoderDecomposition
 from hyperspy_mlspec.estimators.denoising import DenoisingAutoencoder
+from hyperspy_mlspec.estimators.mae import MaskedAutoencoder
 
-__all__ = ["AutoencoderDecomposition", "DenoisingAutoencoder"]
+__all__ = ["AutoencoderDecomposition", "DenoisingAutoencoder", "MaskedAutoencoder"]

@@ -51,6 +51,10 @@ class SpectralEstimator(BaseEstimator):
     def _after_fit(self, source: RowSource) -> None:
         """Derived fitted attributes (components, variances...)."""
 
+    def _epoch_end_callback(self) -> Callable[[dict], None] | None:
+        """Called by the loop after each epoch with its history row (checkpoints)."""
+        return None
+
     # -- validation -------------------------------------------------------------------------
     def _check_params(self) -> None:
         if self.loss not in ("auto",) + LOSSES:
@@ -184,7 +188,8 @@ class SpectralEstimator(BaseEstimator):
         result = train(self.module_, self._step_loss(), source, epochs=epochs,
                        batch_size=batch_size, patience=patience, device=self.device_,
                        seed=seed, optimizer=self._optimizer,
-                       show_progressbar=self.show_progressbar, desc=type(self).__name__)
+                       show_progressbar=self.show_progressbar, desc=type(self).__name__,
+                       on_epoch_end=self._epoch_end_callback())
         offset = self.n_epochs_
         for row in result.history:
             row["epoch"] += offset

@@ -1,0 +1,1011 @@
+"""Masked autoencoder: pretrain on a lab's unlabelled spectra, embed any signal, learn from
+a few labels.
+
+:class:`MaskedAutoencoder` pretrains a 1-D patch transformer
+(:class:`~hyperspy_mlspec.models.MaskedSpectrumTransformer`) on a pool of signals, arrays
+and files of different channel counts and calibrations, then gives an embedding per spectrum
+(:meth:`~MaskedAutoencoder.transform`, ``s.mlspec.embed``) and trains few-label heads on it
+(:meth:`~MaskedAutoencoder.fit_probe`: a linear probe or LoRA adapters).
+
+How spectra reach the model
+---------------------------
+Every spectrum is resampled (linear interpolation, :func:`hyperspy_mlspec.axis.alignment`)
+onto ``n_channels`` evenly spaced bins spanning either its own signal range (default: the
+model learns spectral *shapes*, whatever the calibration, so EELS, EDS, Raman and XRD can
+share one pretraining pool) or a common ``signal_range`` (then positions are absolute: pint
+converts eV and keV; incompatible units are refused). It is then normalised per spectrum
+(``normalization``): ``"log"`` (``log1p`` of counts, then zero mean and unit variance per
+spectrum: dose and thickness multiply a spectrum, which becomes an offset in log space and
+is removed, while small edges stay visible next to a decade-spanning background) or
+``"standard"`` (zero mean, unit variance: real-valued, e.g. background-subtracted, data).
+``"auto"`` picks ``"log"`` when every item of the pool is non-negative.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import math
+import numbers
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from hyperspy_mlspec import signal_io as sio
+from hyperspy_mlspec.axis import AxisInfo, alignment, convert, parse_position
+from hyperspy_mlspec.engine import ArraySource, DaskSource, PoolSource, resolve_device, train
+from hyperspy_mlspec.engine.sources import RowSource
+from hyperspy_mlspec.estimators.base import SpectralEstimator, is_dask
+from hyperspy_mlspec.models.mae import (
+    LORA_TARGETS,
+    MaskedSpectrumTransformer,
+    inject_lora,
+    lora_layers,
+)
+
+NORMALIZATIONS = ("auto", "log", "standard")
+_ARCH = ("n_channels", "patch_size", "embed_dim", "depth", "heads", "decoder_dim",
+         "decoder_depth", "decoder_heads")
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class _Item:
+    """One entry of the pretraining pool: its rows and what was done to them."""
+
+    source: RowSource
+    transform: Callable[[np.ndarray], np.ndarray] | None
+    record: dict
+
+
+class _ProbeNet(torch.nn.Module):
+    """Frozen (or LoRA-adapted) encoder + standardisation + linear head.
+
+    Classification outputs logits; regression outputs values in the units of ``y``.
+    """
+
+    def __init__(self, encoder: MaskedSpectrumTransformer, n_out: int) -> None:
+        super().__init__()
+        d = encoder.embed_dim
+        self.encoder = encoder
+        self.head = torch.nn.Linear(d, n_out)
+        self.register_buffer("mean", torch.zeros(d))
+        self.register_buffer("scale", torch.ones(d))
+        self.register_buffer("y_mean", torch.zeros(n_out))
+        self.register_buffer("y_std", torch.ones(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (self.encoder.embed(x) - self.mean) / self.scale
+        return self.head(z)
+
+    def output(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        out = self(x)
+        return out if task == "classification" else out * self.y_std + self.y_mean
+
+
+def _as_list(X: Any) -> list:
+    if isinstance(X, (list, tuple)):
+        if X and isinstance(X[0], (list, tuple)) and X[0] and isinstance(
+                X[0][0], numbers.Number):
+            return [np.asarray(X)]  # a nested list of numbers is one array
+        return list(X)
+    return [X]
+
+
+def _expand_path(path: str | os.PathLike) -> list[Path]:
+    text = str(path)
+    if _GLOB_CHARS & set(text):
+        found = sorted(glob.glob(text, recursive=True))
+        if not found:
+            raise FileNotFoundError(f"no file matches {text!r}")
+        return [Path(p) for p in found]
+    if not Path(text).exists():
+        raise FileNotFoundError(f"no such file: {text!r}")
+    return [Path(text)]
+
+
+def _load_file(path: Path) -> list:
+    import hyperspy.api as hs
+
+    try:
+        loaded = hs.load(str(path), lazy=True)
+    except Exception as exc:  # readers raise many types; the message is what matters
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    return loaded if isinstance(loaded, list) else [loaded]
+
+
+class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
+    """Masked autoencoder for spectra (He et al. 2022), with few-label heads.
+
+    Pretraining (:meth:`fit`) hides ``mask_ratio`` of the patches of each spectrum and
+    learns to predict them from the rest; the encoder then gives a ``embed_dim`` vector per
+    spectrum (:meth:`transform`; mean of the encoder outputs over all patches, nothing
+    masked, no CLS token). :meth:`fit_probe` trains a linear probe or LoRA adapters plus a
+    linear head on a few labelled spectra; :meth:`predict` / :meth:`predict_proba` apply it.
+
+    Parameters
+    ----------
+    n_channels
+        Bins every spectrum is resampled onto; a multiple of ``patch_size``.
+    patch_size
+        Bins per patch (token): 2048 / 32 gives 64 patches.
+    mask_ratio
+        Fraction of patches hidden during pretraining.
+    embed_dim, depth, heads
+        Encoder width, blocks and attention heads.
+    decoder_dim, decoder_depth, decoder_heads
+        The lighter decoder's width, blocks and heads.
+    norm_pix_loss
+        Predict per-patch standardised bins (the MAE paper's option).
+    normalization
+        Per-spectrum normalisation: ``"log"``, ``"standard"`` or ``"auto"`` (see the module
+        docstring).
+    signal_range
+        None: each spectrum is resampled over its own signal range. ``(start, end)``: over
+        this range, as numbers (in the units of the first calibrated signal of the pool) or
+        strings/pint quantities (``("0.4 keV", "0.9 keV")``), converted to each signal's
+        units; signals whose units cannot be converted are refused.
+    epochs
+        Passes over the pool, or ``"auto"`` (about 2000 optimiser steps, 10-200 epochs);
+        early stopping on a held-out split often ends sooner.
+    batch_size
+        Spectra per minibatch or ``"auto"`` (n/8 clipped to 8-256).
+    learning_rate, weight_decay
+        Adam settings.
+    validation_fraction
+        Fraction of spectra held out for early stopping (none below 160 spectra).
+    patience
+        Epochs without improvement before stopping; None trains for all ``epochs``.
+    partial_fit_epochs
+        Passes over the pool per :meth:`partial_fit` call.
+    checkpoint
+        Path of a model file written after every epoch (weights, optimizer state, history;
+        a normal ``.mlspec`` file). ``fit(..., resume=True)`` continues from it.
+    device
+        ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``...
+    random_state
+        Seed of weights, masks and batch order.
+    show_progressbar
+        None follows ``hs.preferences.General.show_progressbar``.
+
+    Attributes
+    ----------
+    module_ : MaskedSpectrumTransformer
+        The pretrained network.
+    pool_ : list of dict
+        One record per pretraining item: ``name``, ``kind`` (signal, array, file),
+        ``n_spectra``, ``n_channels`` (original), ``range``, ``units``, ``resampled``,
+        ``lazy``.
+    normalization_ : str
+        The normalisation used (``"log"`` or ``"standard"``).
+    signal_range_ : list or None
+        ``[start, end, units]`` of a common range, None for per-spectrum ranges.
+    history_ : list of dict
+        Pretraining loss per epoch.
+    probe_ : dict or None
+        The few-label head (``head``, ``task``, ``classes``, ...), after :meth:`fit_probe`.
+
+    Examples
+    --------
+    >>> from hyperspy_mlspec.data import eels_map
+    >>> s = eels_map((16, 16), n_channels=256)
+    >>> mae = MaskedAutoencoder(256, 16, embed_dim=32, depth=1, decoder_dim=16,
+    ...                         decoder_depth=1, heads=2, decoder_heads=2, epochs=2,
+    ...                         random_state=0, show_progressbar=False).fit(s)
+    >>> mae.transform(s).shape
+    (256, 32)
+    """
+
+    def __init__(self, n_channels: int = 2048, patch_size: int = 32, *,
+                 mask_ratio: float = 0.75, embed_dim: int = 128, depth: int = 4,
+                 heads: int = 4, decoder_dim: int = 64, decoder_depth: int = 2,
+                 decoder_heads: int = 4, norm_pix_loss: bool = False,
+                 normalization: str = "auto", signal_range=None,
+                 epochs: int | str = "auto", batch_size: int | str = "auto",
+                 learning_rate: float = 1e-3, weight_decay: float = 0.0,
+                 validation_fraction: float = 0.05, patience: int | None = 10,
+                 partial_fit_epochs: int = 1, checkpoint: str | os.PathLike | None = None,
+                 device: str = "auto", random_state=None,
+                 show_progressbar: bool | None = None) -> None:
+        self.n_channels = n_channels
+        self.patch_size = patch_size
+        self.mask_ratio = mask_ratio
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.heads = heads
+        self.decoder_dim = decoder_dim
+        self.decoder_depth = decoder_depth
+        self.decoder_heads = decoder_heads
+        self.norm_pix_loss = norm_pix_loss
+        self.normalization = normalization
+        self.signal_range = signal_range
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.partial_fit_epochs = partial_fit_epochs
+        self.checkpoint = checkpoint
+        self.device = device
+        self.random_state = random_state
+        self.show_progressbar = show_progressbar
+
+    # -- parameters -------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        for name in _ARCH + ("partial_fit_epochs",):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Integral) and value >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_channels % self.patch_size:
+            raise ValueError(f"n_channels={self.n_channels} must be a multiple of "
+                             f"patch_size={self.patch_size} (e.g. 2048 and 32: 64 patches)")
+        if self.n_channels // self.patch_size < 2:
+            raise ValueError("n_channels // patch_size must give at least 2 patches")
+        if self.embed_dim % self.heads or self.decoder_dim % self.decoder_heads:
+            raise ValueError("embed_dim must be divisible by heads and decoder_dim by "
+                             "decoder_heads")
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, "
+                             f"got {self.normalization!r}")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if value != "auto" and not (isinstance(value, numbers.Integral) and value >= 1):
+                raise ValueError(f"{name} must be 'auto' or a positive integer, got {value!r}")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError("validation_fraction must be in [0, 1), "
+                             f"got {self.validation_fraction!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        if self.signal_range is not None and len(self.signal_range) != 2:
+            raise ValueError(f"signal_range must be (start, end), got {self.signal_range!r}")
+
+    @property
+    def n_patches(self) -> int:
+        """Patches (tokens) per spectrum."""
+        return self.n_channels // self.patch_size
+
+    def _build_module(self, n_features: int) -> MaskedSpectrumTransformer:
+        return MaskedSpectrumTransformer(
+            self.n_channels, self.patch_size, embed_dim=self.embed_dim, depth=self.depth,
+            heads=self.heads, decoder_dim=self.decoder_dim, decoder_depth=self.decoder_depth,
+            decoder_heads=self.decoder_heads, mask_ratio=self.mask_ratio,
+            norm_pix_loss=self.norm_pix_loss, input_transform=self.normalization_)
+
+    def _step_loss(self):
+        module = self.module_
+
+        def step(x: torch.Tensor, training: bool) -> torch.Tensor:
+            return module(x)[0]
+        return step
+
+    def _epochs(self, n_rows: int, batch_size: int) -> int:
+        if self.epochs == "auto":
+            steps_per_epoch = max(1, math.ceil(n_rows / batch_size))
+            return int(np.clip(math.ceil(2000 / steps_per_epoch), 10, 200))
+        return int(self.epochs)
+
+    # -- the pool ---------------------------------------------------------------------------
+    def _range_for(self, axis: AxisInfo, name: str) -> tuple[float, float]:
+        """``(start, end)`` of the resampling grid of a spectrum on ``axis``."""
+        lo_data, hi_data = float(axis.values.min()), float(axis.values.max())
+        rng = getattr(self, "signal_range_", None)
+        if rng is None:
+            return lo_data, hi_data
+        lo, hi, units = rng
+        if axis.units is None:
+            raise ValueError(f"{name}: signal_range={self.signal_range!r} needs a calibrated "
+                             "signal axis, but this one has no units. Set the axis units "
+                             "(s.axes_manager[-1].units = 'eV') or drop signal_range.")
+        try:
+            lo, hi = (float(v) for v in convert([lo, hi], units, axis.units))
+        except ValueError:
+            raise ValueError(
+                f"{name}: its signal axis is in {axis.units!r}, which cannot be converted to "
+                f"the pool's signal_range units {units!r}. Pretrain separately on signals "
+                "of comparable units, or use signal_range=None (each spectrum over its own "
+                "range).") from None
+        return lo, hi
+
+    def _resolve_range(self, items: list) -> None:
+        """Fix ``signal_range_`` = ``[start, end, units]`` from the parameter and the pool."""
+        if self.signal_range is None:
+            self.signal_range_ = None
+            return
+        units = None
+        for it in items:
+            if hasattr(it, "axes_manager"):
+                u = it.axes_manager.signal_axes[0].units
+                if u not in (None, "", "<undefined>"):
+                    units = u
+                    break
+        if units is None:
+            raise ValueError("signal_range needs calibrated signals (with axis units) in the "
+                             "pool; none has units. Use signal_range=None.")
+        lo, hi = (parse_position(v, units) for v in self.signal_range)
+        if lo >= hi:
+            raise ValueError(f"signal_range start {lo} is not below its end {hi}")
+        self.signal_range_ = [float(lo), float(hi), units]
+
+    def _resampler(self, axis: AxisInfo, name: str):
+        """``(resample function or None, target axis)`` for spectra on ``axis``."""
+        if axis.size < self.n_patches:
+            raise ValueError(
+                f"{name} has {axis.size} channels, fewer than the {self.n_patches} patches of "
+                f"the model (n_channels={self.n_channels}, patch_size={self.patch_size}): "
+                "resampling it would invent the spectral detail the model looks at. Use "
+                "signals with more channels, or a model with fewer patches (smaller "
+                "n_channels or larger patch_size).")
+        lo, hi = self._range_for(axis, name)
+        units = axis.units or "channel"  # same placeholder on both sides: no pint involved
+        target = AxisInfo(axis.name, units, np.linspace(lo, hi, self.n_channels))
+        try:
+            fn = alignment(AxisInfo(axis.name, units, axis.values), target)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        return fn, target
+
+    def _signal_table(self, signal, navigation_mask=None, name: str | None = None,
+                      check_finite: bool = True) -> sio.SpectraTable:
+        """Rows of a signal on the model's grid (resampled when needed), lazy stays lazy."""
+        name = name or repr(signal.metadata.General.title or type(signal).__name__)
+        t = sio.table(signal, navigation_mask, check_finite=check_finite)
+        rng = getattr(self, "signal_range_", None)
+        if rng is not None:  # keep only channels in (a half-step around) the common range
+            ax = signal.axes_manager.signal_axes[0]
+            lo, hi = self._range_for(t.axis, name)
+            half = 0.5 * abs(float(ax.scale)) if hasattr(ax, "scale") else 0.0
+            keep = np.flatnonzero((t.axis.values >= lo - half) & (t.axis.values <= hi + half))
+            if keep.size < 2:
+                raise ValueError(f"{name} covers {t.axis.values.min():.4g}-"
+                                 f"{t.axis.values.max():.4g} {t.axis.units}, outside "
+                                 f"signal_range {lo:.4g}-{hi:.4g}")
+            t = sio.SpectraTable(t.rows[:, keep], t.nav_index, t.nav_shape, keep,
+                                 AxisInfo(t.axis.name, t.axis.units, t.axis.values[keep]),
+                                 t.lazy)
+        fn, target = self._resampler(t.axis, name)
+        rows = t.rows
+        if fn is not None:
+            rows = (rows.map_blocks(fn, chunks=(rows.chunks[0], (self.n_channels,)),
+                                    dtype=np.float32) if t.lazy else fn(rows))
+        return sio.SpectraTable(rows, t.nav_index, t.nav_shape, None, target, t.lazy)
+
+    def table_for_signal(self, signal, navigation_mask=None) -> sio.SpectraTable:
+        """Rows of ``signal`` as this model sees them (used by :func:`signal_io.table_for_model`,
+        so ``s.mlspec.cluster(model=mae)`` and friends resample like :meth:`transform`)."""
+        check_is_fitted(self, "module_")
+        return self._signal_table(signal, navigation_mask)
+
+    def _array_rows(self, X, name: str):
+        """Rows of a 2-D array on the model's grid (numpy or dask), uncalibrated."""
+        if not is_dask(X):
+            X = np.asarray(X)
+        if X.ndim != 2:
+            raise ValueError(f"{name}: expected a 2-D array of spectra (n_spectra, n_channels), "
+                             f"got shape {X.shape}")
+        if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool) or np.issubdtype(
+                X.dtype, np.complexfloating):
+            raise ValueError(f"{name}: expected real numbers, got dtype {X.dtype}")
+        if getattr(self, "signal_range_", None) is not None:
+            raise ValueError(f"{name}: an array has no energy axis to apply signal_range to; "
+                             "wrap it in a HyperSpy signal with a calibrated axis, or use "
+                             "signal_range=None.")
+        axis = AxisInfo("channel", None, np.arange(X.shape[1], dtype=np.float64))
+        fn, _ = self._resampler(axis, name)
+        return X, fn, axis
+
+    def _items(self, X) -> list[_Item]:
+        entries: list[tuple[Any, str, str]] = []  # (object, kind, name)
+        for k, obj in enumerate(_as_list(X)):
+            if isinstance(obj, (str, os.PathLike)):
+                for path in _expand_path(obj):
+                    signals = _load_file(path)
+                    for j, s in enumerate(signals):
+                        entries.append((s, "file", str(path) + (f"[{j}]" if len(signals) > 1
+                                                                else "")))
+            elif hasattr(obj, "axes_manager"):
+                entries.append((obj, "signal", f"item {k} "
+                                f"({obj.metadata.General.title or type(obj).__name__})"))
+            elif is_dask(obj) or isinstance(obj, np.ndarray):
+                entries.append((obj, "array", f"item {k} (array {tuple(obj.shape)})"))
+            else:
+                raise TypeError(f"item {k}: expected a HyperSpy signal, a 2-D numpy/dask "
+                                f"array, or a file path/glob, got {type(obj).__name__}")
+        if not entries:
+            raise ValueError("no spectra to fit: the list of signals is empty")
+        self._resolve_range([e[0] for e in entries])
+        items = []
+        for obj, kind, name in entries:
+            if kind == "array":
+                rows, fn, axis = self._array_rows(obj, name)
+                lazy = is_dask(rows)
+                record_range = [0.0, float(axis.size - 1)]
+                units = None
+            else:
+                sio.check_signal(obj)
+                t = sio.table(obj)
+                rows, lazy, axis = t.rows, t.lazy, t.axis
+                if getattr(self, "signal_range_", None) is None:
+                    fn, _ = self._resampler(axis, name)
+                    record_range = [float(axis.values.min()), float(axis.values.max())]
+                else:  # restrict then resample: reuse the inference path's channel selection
+                    tt = self._signal_table(obj, name=name, check_finite=False)
+                    rows, fn = tt.rows, None
+                    record_range = [float(tt.axis.values[0]), float(tt.axis.values[-1])]
+                units = axis.units
+            if rows.shape[0] < 1:
+                raise ValueError(f"{name} holds no spectra")
+            source = DaskSource(rows) if lazy else ArraySource(rows)
+            record = {"name": name, "kind": kind, "n_spectra": int(rows.shape[0]),
+                      "n_channels": int(axis.size), "range": record_range, "units": units,
+                      "resampled": bool(fn is not None or axis.size != self.n_channels),
+                      "lazy": bool(lazy)}
+            items.append(_Item(source, fn, record))
+        return items
+
+    def _pool(self, X, seed: int) -> tuple[PoolSource, list[dict]]:
+        items = self._items(X)
+        pool = PoolSource([it.source for it in items], [it.transform for it in items],
+                          n_features=self.n_channels, seed=seed)
+        return pool, [it.record for it in items]
+
+    def _block_check(self):
+        def check(block: np.ndarray) -> None:
+            if not np.isfinite(block).all():
+                raise ValueError(
+                    "Input contains NaN or infinity. Remove or mask those spectra (crop the "
+                    "signal, or replace the values with np.nan_to_num) first.")
+        return check
+
+    # -- pretraining ------------------------------------------------------------------------
+    def fit(self, X, y=None, *, resume: bool = False):
+        """Pretrain on a pool of spectra.
+
+        Parameters
+        ----------
+        X
+            One item or a list of items: HyperSpy signals (any navigation shape, lazy ones
+            are streamed), 2-D numpy/dask arrays ``(n_spectra, n_channels)``, or file paths
+            and globs (``"maps/*.hspy"``, loaded lazily with ``hs.load(lazy=True)``). Items
+            may differ in channel count and calibration (see the module docstring).
+        y
+            Ignored.
+        resume
+            Continue an earlier training instead of starting anew: from this fitted
+            estimator, or else from the ``checkpoint`` file when it exists (the optimizer
+            state and history are restored; training runs up to ``epochs`` in total).
+            Without an earlier state training starts from scratch.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        if resume and not hasattr(self, "module_") and self.checkpoint is not None \
+                and Path(self.checkpoint).is_file():
+            self._load_checkpoint(self.checkpoint)
+        continuing = resume and hasattr(self, "module_")
+        seed = self._seed() + (self.n_epochs_ if continuing else 0)
+        pool, records = self._pool(X, seed)
+        if not continuing:
+            self._initialise_pool(pool, seed)
+        batch_size = self._batch_size(pool.n_rows)
+        if self.batch_size != "auto" and batch_size > pool.n_rows:
+            raise ValueError(f"batch_size={batch_size} is larger than the number of spectra "
+                             f"({pool.n_rows}): use a smaller batch_size or batch_size='auto'.")
+        fraction = self.validation_fraction if pool.n_rows * self.validation_fraction >= 8 \
+            else 0.0
+        pool.validation_fraction = fraction
+        total = self._epochs(pool.count("train"), batch_size)
+        if not continuing:
+            self.epochs_ = total
+        remaining = total - (self.n_epochs_ if continuing else 0)
+        self.pool_ = records
+        if remaining <= 0:
+            warnings.warn(f"nothing to resume: {self.n_epochs_} of {total} epochs are done; "
+                          "raise epochs to train longer", stacklevel=2)
+            return self
+        self._train(pool, remaining, batch_size, seed, self.patience if fraction > 0 else None)
+        return self
+
+    def partial_fit(self, X, y=None):
+        """Continue pretraining for ``partial_fit_epochs`` passes over ``X`` (the first
+        call builds the model).
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        first = not hasattr(self, "module_")
+        seed = self._seed() + getattr(self, "n_epochs_", 0)
+        pool, records = self._pool(X, seed)
+        if first:
+            self._initialise_pool(pool, seed)
+            self.epochs_ = 0
+        batch_size = min(self._batch_size(pool.n_rows), pool.n_rows)
+        self._train(pool, int(self.partial_fit_epochs), batch_size, seed, patience=None)
+        self.epochs_ = self.n_epochs_
+        self.pool_ = records
+        return self
+
+    def _initialise_pool(self, pool: PoolSource, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        norm = self.normalization
+        if norm == "auto":
+            # a few rows of every item (one block each): counts -> log, signed data -> standard
+            nonneg = True
+            for src, fn in zip(pool.sources, pool.transforms, strict=True):
+                sample = src.sample(64, rng)
+                if fn is not None:
+                    sample = fn(sample)
+                self._block_check()(sample)
+                nonneg &= bool(sample.size == 0 or sample.min() >= 0)
+            norm = "log" if nonneg else "standard"
+        self.normalization_ = norm
+        self.device_ = str(resolve_device(self.device))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.module_ = self._build_module(self.n_channels).to(self.device_)
+        self.n_features_in_ = self.n_channels
+        self._optimizer = None
+        self.history_ = []
+        self.n_epochs_ = 0
+        self.signal_axis_ = None
+        self.probe_ = None
+        self._probe_net = None
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _epoch_end_callback(self):
+        if self.checkpoint is None:
+            return None
+        pending: list[dict] = []
+
+        def save_checkpoint(row: dict) -> None:
+            pending.append(dict(row, epoch=self.n_epochs_ + len(pending)))
+            history, n_epochs = self.history_, self.n_epochs_
+            self.history_, self.n_epochs_ = history + pending, n_epochs + len(pending)
+            try:
+                self._save_optimizer = True
+                tmp = Path(str(self.checkpoint) + ".tmp")
+                self.save(tmp)
+                os.replace(tmp, self.checkpoint)  # never leave a half-written checkpoint
+            finally:
+                self._save_optimizer = False
+                self.history_, self.n_epochs_ = history, n_epochs
+        return save_checkpoint
+
+    def _load_checkpoint(self, path) -> None:
+        from hyperspy_mlspec.persistence import load_model
+
+        other = load_model(path)
+        if not isinstance(other, MaskedAutoencoder):
+            raise ValueError(f"{path} holds a {type(other).__name__}, not a MaskedAutoencoder")
+        self._adopt(other, str(path))
+
+    def _adopt(self, other: MaskedAutoencoder, where: str) -> None:
+        """Take the fitted state of ``other`` (same architecture) into this estimator."""
+        diff = {k: (getattr(other, k), getattr(self, k)) for k in _ARCH
+                if getattr(other, k) != getattr(self, k)}
+        if diff:
+            desc = ", ".join(f"{k}={a} (this estimator: {b})" for k, (a, b) in diff.items())
+            raise ValueError(f"{where} holds a model of another shape: {desc}. Create the "
+                             "estimator with the checkpoint's parameters, or start a new "
+                             "training (resume=False).")
+        for key, value in vars(other).items():
+            # the optimizer keeps pointing at other.module_'s parameters, adopted here too
+            if key.endswith("_") and not key.startswith("__") or key in (
+                    "_optimizer", "_probe_net"):
+                setattr(self, key, value)
+
+    # -- embeddings -------------------------------------------------------------------------
+    def _apply_numpy(self, X: np.ndarray, fn, batch: int = 512) -> np.ndarray:
+        return super()._apply_numpy(X, fn, batch=batch)
+
+    def _embed_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        module = self.module_
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            if not torch.isfinite(x).all():
+                raise ValueError("Input contains NaN or infinity: exclude those spectra "
+                                 "(navigation_mask) or replace the values first.")
+            return module.embed(x)
+        return fn
+
+    def _rows(self, X, navigation_mask=None):
+        """``(rows on the model grid, SpectraTable or None)`` for a signal or an array."""
+        check_is_fitted(self, "module_")
+        if hasattr(X, "axes_manager"):
+            t = self._signal_table(X, navigation_mask)
+            return t.rows, t
+        if navigation_mask is not None:
+            raise ValueError("navigation_mask applies to signals; index the array instead")
+        rows, fn, _ = self._array_rows(X, "X")
+        if fn is not None:
+            rows = (rows.map_blocks(fn, chunks=(rows.chunks[0], (self.n_channels,)),
+                                    dtype=np.float32) if is_dask(rows) else fn(rows))
+        return rows, None
+
+    def transform(self, X, *, navigation_mask=None):
+        """Embedding of every spectrum: ``(n_spectra, embed_dim)``.
+
+        Parameters
+        ----------
+        X
+            Array ``(n_spectra, channels)`` (numpy, or dask: lazy out) of any channel
+            count, or a HyperSpy signal (rows in navigation array order; resampled like
+            the pretraining data).
+        navigation_mask
+            Signals only: True excludes a pixel (it is left out of the rows).
+
+        Returns
+        -------
+        ndarray or dask array
+        """
+        rows, _ = self._rows(X, navigation_mask)
+        return self._map_rows(rows, self._embed_fn(), self.embed_dim)
+
+    def embed(self, signal, navigation_mask=None):
+        """Embedding per pixel as a Signal1D (signal axis ``"embedding"``).
+
+        Parameters
+        ----------
+        signal
+            Any HyperSpy signal with one signal dimension; lazy in gives lazy out.
+        navigation_mask
+            True excludes a pixel (its embedding is NaN).
+
+        Returns
+        -------
+        hyperspy.signals.Signal1D
+            Navigation axes of ``signal``; recorded in ``metadata.MLSpec``.
+        """
+        rows, t = self._rows(signal, navigation_mask)
+        codes = t.scatter(self._map_rows(rows, self._embed_fn(), self.embed_dim))
+        out = sio.vector_signal(signal, codes, "MAE embedding of "
+                                f"{signal.metadata.General.title}", "embedding")
+        sio.record(out, "embed", model=type(self).__name__, embed_dim=int(self.embed_dim),
+                   n_channels=int(self.n_channels), normalization=self.normalization_,
+                   signal_range=self.signal_range_, n_epochs=int(self.n_epochs_))
+        return out
+
+    # -- few-label heads --------------------------------------------------------------------
+    def _labelled(self, X, y, navigation_mask) -> tuple[np.ndarray, np.ndarray]:
+        """Labelled rows (numpy, on the model grid) and their targets."""
+        rows, t = self._rows(X, navigation_mask)
+        if is_dask(rows):
+            rows = rows.compute()  # only the labelled pixels: small
+        rows = np.asarray(rows, dtype=np.float32)
+        if hasattr(y, "axes_manager"):
+            y = y.data
+        if hasattr(y, "compute"):
+            y = y.compute()
+        y = np.asarray(y)
+        n = len(rows)
+        if y.ndim >= 1 and y.shape[0] == n and (t is None or y.ndim <= 2):
+            pass
+        elif t is not None and y.shape[:len(t.nav_shape)] == t.nav_shape:
+            y = y.reshape((t.n_nav,) + y.shape[len(t.nav_shape):])
+            if t.nav_index is not None:
+                y = y[t.nav_index]
+        else:
+            where = (f"navigation_mask selects {n} of the {t.n_nav} pixels" if t is not None
+                     and t.nav_index is not None else f"X holds {n} spectra")
+            raise ValueError(f"y has shape {y.shape} but {where}: give one label per labelled "
+                             "spectrum"
+                             + (f", or a navigation-shaped array {t.nav_shape}"
+                                if t is not None else ""))
+        if n < 2:
+            raise ValueError(f"at least 2 labelled spectra are needed, got {n}")
+        return rows, y
+
+    def fit_probe(self, X, y, *, head: str = "linear", task: str = "auto",
+                  navigation_mask=None, rank: int = 4, lora_alpha: float = 8.0,
+                  lora_targets: Sequence[str] = ("q", "v"), C: float = 1.0,
+                  epochs: int | str = "auto", learning_rate: float = 1e-3,
+                  random_state=None):
+        """Train a few-label head on the frozen (``"linear"``) or adapted (``"lora"``) encoder.
+
+        Parameters
+        ----------
+        X
+            Labelled spectra: an array ``(n, channels)``, or a signal whose
+            ``navigation_mask`` (True = excluded, as everywhere in hyperspy_mlspec) leaves
+            the labelled pixels.
+        y
+            One label/value per labelled spectrum (``(n,)``, or ``(n, k)`` for several
+            regression targets), or a navigation-shaped array/signal from which the
+            labelled pixels are taken.
+        head
+            ``"linear"``: logistic regression (classification) or ridge regression with
+            cross-validated strength (regression) on standardised embeddings.
+            ``"lora"``: the linear probe, then LoRA adapters of rank ``rank`` on the
+            ``lora_targets`` attention projections of every encoder block and the head,
+            trained together with the engine (cross-entropy or MSE on standardised targets;
+            20% of the labels held out for early stopping when there are at least 50).
+        task
+            ``"classification"``, ``"regression"`` or ``"auto"`` (classification for
+            integer, boolean or integer-valued labels, else regression).
+        navigation_mask
+            Signals only (see ``X``).
+        rank, lora_alpha, lora_targets
+            LoRA rank, scale (update ``alpha / rank * B A``) and wrapped projections
+            (subset of ``("q", "k", "v", "out")``).
+        C
+            Inverse L2 strength of the logistic regression.
+        epochs
+            LoRA training passes, or ``"auto"`` (about 300 optimiser steps, 20-200 epochs).
+        learning_rate
+            Adam learning rate of the LoRA head.
+        random_state
+            Seed (default: the estimator's).
+
+        Returns
+        -------
+        self
+        """
+        from sklearn.linear_model import LogisticRegression, RidgeCV
+
+        check_is_fitted(self, "module_")
+        if head not in ("linear", "lora"):
+            raise ValueError(f"head must be 'linear' or 'lora', got {head!r}")
+        if task not in ("auto", "classification", "regression"):
+            raise ValueError(f"task must be 'auto', 'classification' or 'regression', "
+                             f"got {task!r}")
+        rows, y = self._labelled(X, y, navigation_mask)
+        if not np.issubdtype(y.dtype, np.number) and y.dtype != bool:
+            raise ValueError(f"y must hold numbers (dtype {y.dtype}); encode class names as "
+                             "integers, e.g. with np.unique(y, return_inverse=True)")
+        y = y.astype(np.float64)
+        if not np.isfinite(y).all():
+            raise ValueError("y contains NaN or infinity: select only labelled spectra "
+                             "(navigation_mask) or fill the labels")
+        if task == "auto":
+            task = "classification" if y.ndim == 1 and np.all(y == np.round(y)) \
+                else "regression"
+        seed = self._seed() if random_state is None else int(random_state)
+        emb = self._apply_numpy(rows, self._embed_fn()).astype(np.float64)
+        mean, scale = emb.mean(0), emb.std(0)
+        scale = np.where(scale > 1e-8, scale, 1.0)
+        z = (emb - mean) / scale
+        info: dict[str, Any] = {"head": head, "task": task, "n_labels": int(len(rows))}
+        if task == "classification":
+            if y.ndim != 1:
+                raise ValueError(f"classification needs one label per spectrum, y has shape "
+                                 f"{y.shape}")
+            classes, target = np.unique(y, return_inverse=True)
+            if len(classes) < 2:
+                raise ValueError(f"y holds a single class ({classes[0]:g}): a classifier needs "
+                                 "labelled spectra of at least two classes")
+            clf = LogisticRegression(C=C, max_iter=5000).fit(z, target)
+            coef, intercept = clf.coef_, clf.intercept_
+            if len(classes) == 2:  # sigmoid(w z + b) == softmax([0, w z + b])
+                coef = np.vstack([np.zeros_like(coef), coef])
+                intercept = np.array([0.0, intercept[0]])
+            y_mean, y_std = np.zeros(len(classes)), np.ones(len(classes))
+            info["classes"] = classes.tolist()
+            n_out = len(classes)
+        else:
+            y2 = y.reshape(len(y), -1)
+            y_mean, y_std = y2.mean(0), y2.std(0)
+            y_std = np.where(y_std > 0, y_std, 1.0)
+            target = (y2 - y_mean) / y_std
+            reg = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(z, target)
+            coef, intercept = np.atleast_2d(reg.coef_), np.atleast_1d(reg.intercept_)
+            info["n_targets"] = int(y2.shape[1])
+            info["target_shape"] = list(y.shape[1:])
+            n_out = y2.shape[1]
+        encoder = self.module_
+        if head == "lora":
+            rank = int(rank)
+            encoder = copy.deepcopy(self.module_)
+            inject_lora(encoder, rank, lora_alpha, tuple(lora_targets))
+            info.update(rank=rank, lora_alpha=float(lora_alpha),
+                        lora_targets=list(lora_targets))
+        net = _ProbeNet(encoder, n_out).to(self.device_)
+        with torch.no_grad():
+            net.head.weight.copy_(torch.as_tensor(coef, dtype=torch.float32))
+            net.head.bias.copy_(torch.as_tensor(intercept, dtype=torch.float32))
+            for name, value in (("mean", mean), ("scale", scale), ("y_mean", y_mean),
+                                ("y_std", y_std)):
+                getattr(net, name).copy_(torch.as_tensor(value, dtype=torch.float32))
+        if head == "lora":
+            info["history"] = self._train_lora(net, rows, target, task, epochs,
+                                               learning_rate, seed)
+        self.probe_ = info
+        self._probe_net = net.eval()
+        return self
+
+    def _train_lora(self, net: _ProbeNet, rows: np.ndarray, target: np.ndarray, task: str,
+                    epochs, learning_rate: float, seed: int) -> list[dict]:
+        n, c = rows.shape
+        # targets travel as extra columns of the rows so the engine's sources and its one
+        # training loop can be used unchanged
+        t = np.asarray(target, dtype=np.float32).reshape(n, -1)
+        data = np.concatenate([rows, t], axis=1)
+        fraction = 0.2 if n >= 50 else 0.0
+        source = ArraySource(data, validation_fraction=fraction, seed=seed)
+        batch_size = int(np.clip(source.count("train") // 4, 4, 32))
+        if epochs == "auto":
+            steps = max(1, source.count("train") // batch_size)
+            epochs = int(np.clip(math.ceil(300 / steps), 20, 200))
+        classification = task == "classification"
+
+        def step(batch: torch.Tensor, training: bool) -> torch.Tensor:
+            out = net(batch[:, :c])
+            if classification:
+                return torch.nn.functional.cross_entropy(out, batch[:, c].long())
+            return torch.nn.functional.mse_loss(out, batch[:, c:])
+        params = [p for p in net.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=learning_rate, weight_decay=1e-4)
+        result = train(net, step, source, epochs=int(epochs), batch_size=batch_size,
+                       patience=10 if fraction else None, device=self.device_, seed=seed,
+                       optimizer=optimizer, show_progressbar=self.show_progressbar,
+                       desc="LoRA probe")
+        return result.history
+
+    def _probe_outputs(self, X, navigation_mask, what: str):
+        if getattr(self, "_probe_net", None) is None:
+            raise ValueError("no few-label head: call fit_probe(X, y) first")
+        rows, t = self._rows(X, navigation_mask)
+        net, task = self._probe_net, self.probe_["task"]
+        if what in ("predict_proba",) and task != "classification":
+            raise ValueError("predict_proba needs a classification head")
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            if not torch.isfinite(x).all():
+                raise ValueError("Input contains NaN or infinity: exclude those spectra "
+                                 "(navigation_mask) or replace the values first.")
+            out = net.output(x, task)
+            if task != "classification":
+                return out
+            proba = torch.softmax(out, dim=1)
+            if what == "predict_proba":
+                return proba
+            return proba.argmax(1, keepdim=True).float()
+        n_out = (len(self.probe_["classes"]) if what == "predict_proba"
+                 else (1 if task == "classification" else self.probe_["n_targets"]))
+        out = self._map_rows(rows, fn, n_out)
+        return out, t
+
+    def predict(self, X, *, navigation_mask=None):
+        """Class labels or regression values of the few-label head.
+
+        Parameters
+        ----------
+        X
+            Array ``(n, channels)`` or a HyperSpy signal.
+        navigation_mask
+            Signals only: True excludes a pixel (NaN in the map).
+
+        Returns
+        -------
+        ndarray or signal
+            ``(n,)`` (or ``(n, k)`` for several regression targets) for arrays; for a
+            signal, a navigation-shaped map (Signal2D for a 2-D map) with its navigation
+            axes, lazy for a lazy signal.
+        """
+        out, t = self._probe_outputs(X, navigation_mask, "predict")
+        task = self.probe_["task"]
+        if task == "classification":
+            classes = np.asarray(self.probe_["classes"])
+            if is_dask(out):
+                out = out.map_blocks(lambda b: classes[b.astype(int)], dtype=classes.dtype)
+            else:
+                out = classes[out.astype(int)]
+            # labels are integers unless a mask leaves NaN holes
+            if t is not None and t.nav_index is not None:
+                out = out.astype(np.float64)
+        squeeze = task == "classification" or not self.probe_["target_shape"]
+        if t is None:
+            return out[:, 0] if squeeze else out
+        data = t.scatter(out)
+        if squeeze:
+            data = data[..., 0]
+        title = ("MAE phase map" if task == "classification" else "MAE regression") + \
+            f" of {X.metadata.General.title}"
+        if data.ndim > len(t.nav_shape):  # several targets: one spectrum-like vector per pixel
+            res = sio.vector_signal(X, data, title, "target")
+        else:
+            res = sio.navigation_image(X, data, title, "class" if task == "classification"
+                                       else "value")
+        sio.record(res, "predict", model=type(self).__name__, head=self.probe_["head"],
+                   task=task, n_labels=int(self.probe_["n_labels"]))
+        return res
+
+    def predict_proba(self, X, *, navigation_mask=None):
+        """Class probabilities ``(n, n_classes)``; for a signal a Signal1D with the
+        navigation axes and a ``"class"`` signal axis (order of ``probe_["classes"]``).
+        """
+        out, t = self._probe_outputs(X, navigation_mask, "predict_proba")
+        if t is None:
+            return out
+        res = sio.vector_signal(X, t.scatter(out), "Class probabilities of "
+                                f"{X.metadata.General.title}", "class")
+        sio.record(res, "predict_proba", model=type(self).__name__,
+                   classes=self.probe_["classes"])
+        return res
+
+    # -- persistence ------------------------------------------------------------------------
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {}
+        net = getattr(self, "_probe_net", None)
+        if net is not None:
+            for key, value in net.state_dict().items():
+                if key.startswith("encoder.") and "lora_" not in key:
+                    continue  # the frozen encoder is module_ itself
+                arrays[f"probe.{key}"] = value.detach().cpu().numpy()
+        if getattr(self, "_save_optimizer", False) and self._optimizer is not None:
+            state = self._optimizer.state_dict()["state"]
+            for idx, st in state.items():
+                for key, value in st.items():
+                    arrays[f"optimizer.{idx}.{key}"] = np.atleast_1d(
+                        value.detach().cpu().numpy())
+        return arrays
+
+    def _fitted_config(self) -> dict:
+        config = {
+            "n_features_in_": int(self.n_features_in_), "normalization_": self.normalization_,
+            "signal_range_": self.signal_range_, "pool_": self.pool_,
+            "n_epochs_": int(self.n_epochs_), "epochs_": int(self.epochs_),
+            "history_": self.history_, "probe_": self.probe_,
+            "n_samples_seen_": int(getattr(self, "n_samples_seen_", 0)),
+        }
+        if getattr(self, "_save_optimizer", False) and self._optimizer is not None:
+            groups = self._optimizer.state_dict()["param_groups"]
+            config["optimizer"] = {"param_groups": groups}
+        return config
+
+    def _restore(self, config: dict, arrays: dict[str, np.ndarray],
+                 weights: dict[str, torch.Tensor]) -> None:
+        for key in ("n_features_in_", "normalization_", "signal_range_", "pool_",
+                    "n_epochs_", "epochs_", "history_", "probe_", "n_samples_seen_"):
+            setattr(self, key, config[key])
+        self.signal_axis_ = None
+        self.device_ = str(resolve_device(self.device))
+        self.module_ = self._build_module(self.n_channels)
+        self.module_.load_state_dict(weights)
+        self.module_.to(self.device_).eval()
+        self._optimizer = None
+        if "optimizer" in config:
+            opt = torch.optim.Adam(self.module_.parameters(), lr=self.learning_rate,
+                                   weight_decay=self.weight_decay)
+            state = {}
+            for key, value in arrays.items():
+                if key.startswith("optimizer."):
+                    _, idx, name = key.split(".", 2)
+                    v = torch.as_tensor(value)
+                    state.setdefault(int(idx), {})[name] = v.reshape(()) if name == "step" \
+                        else v.to(self.device_)
+            opt.load_state_dict({"state": state, **config["optimizer"]})
+            self._optimizer = opt
+        self._probe_net = None
+        if self.probe_ is not None:
+            p = self.probe_
+            encoder = self.module_
+            if p["head"] == "lora":
+                encoder = copy.deepcopy(self.module_)
+                inject_lora(encoder, p["rank"], p["lora_alpha"], tuple(p["lora_targets"]))
+            n_out = len(p["classes"]) if p["task"] == "classification" else p["n_targets"]
+            net = _ProbeNet(encoder, n_out)
+            probe = {k[len("probe."):]: torch.as_tensor(v) for k, v in arrays.items()
+                     if k.startswith("probe.")}
+            expected = {k for k in net.state_dict() if not k.startswith("encoder.")
+                        or "lora_" in k}
+            if set(probe) != expected:
+                raise KeyError(f"probe weights {sorted(set(probe) ^ expected)}")
+            net.load_state_dict(probe, strict=False)
+            self._probe_net = net.to(self.device_).eval()
+
+
+__all__ = ["LORA_TARGETS", "MaskedAutoencoder", "lora_layers"]
