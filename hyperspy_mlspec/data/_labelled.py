@@ -44,9 +44,9 @@ __all__ = ["LabelledSpectra", "labelled_spectra"]
 #: Material classes: name, range of the Fe3+ atomic fraction of the iron, range of the
 #: TiO2 abundance. Fe3O4 (magnetite) has 2/3 Fe3+; FeTiO3 (ilmenite) is Fe2+ with Ti.
 CLASSES: tuple[tuple[str, tuple[float, float], tuple[float, float]], ...] = (
-    ("FeO (Fe2+)", (0.0, 0.15), (0.0, 0.08)),
-    ("Fe3O4-like (mixed Fe2+/Fe3+)", (0.45, 0.8), (0.0, 0.08)),
-    ("Fe2O3 (Fe3+)", (0.88, 1.0), (0.0, 0.08)),
+    ("FeO (Fe2+)", (0.0, 0.1), (0.0, 0.08)),
+    ("Fe3O4-like (mixed Fe2+/Fe3+)", (0.5, 0.75), (0.0, 0.08)),
+    ("Fe2O3 (Fe3+)", (0.9, 1.0), (0.0, 0.08)),
     ("FeTiO3-like (Fe2+ with Ti)", (0.0, 0.3), (0.3, 0.6)),
 )
 #: Fe atoms per volume of Fe2O3 relative to FeO (the phase library's edge amplitudes)
@@ -220,9 +220,9 @@ def labelled_spectra(
     n_channels: int = 2048,
     *,
     energy_range: tuple[float, float] | None = None,
-    dose: float | tuple[float, float] = (5.0, 50.0),
+    dose: float | tuple[float, float] = (20.0, 200.0),
     thickness: float | tuple[float, float] = (0.2, 1.0),
-    drift: float = 0.5,
+    drift: float = 0.3,
     background: float | tuple[float, float] = (0.0, 0.6),
     fe3_shift: float = 1.5,
     random_state: int | np.random.Generator | None = 0,
@@ -236,17 +236,17 @@ def labelled_spectra(
     energy resolution) whose composition is drawn from its class:
 
     ===  ============================  ===============  ==============
-    0    FeO (Fe2+)                    Fe3+ 0-15 %      TiO2 0-8 %
-    1    Fe3O4-like (mixed Fe2+/Fe3+)  Fe3+ 45-80 %     TiO2 0-8 %
-    2    Fe2O3 (Fe3+)                  Fe3+ 88-100 %    TiO2 0-8 %
+    0    FeO (Fe2+)                    Fe3+ 0-10 %      TiO2 0-8 %
+    1    Fe3O4-like (mixed Fe2+/Fe3+)  Fe3+ 50-75 %     TiO2 0-8 %
+    2    Fe2O3 (Fe3+)                  Fe3+ 90-100 %    TiO2 0-8 %
     3    FeTiO3-like (Fe2+ with Ti)    Fe3+ 0-30 %      TiO2 30-60 %
     ===  ============================  ===============  ==============
 
     and with its own nuisances: an extra power-law background (amplitude drawn from
     `background`, exponent between 2 and 4, so the background slope varies), plural
     scattering at a thickness t/lambda drawn from `thickness`, an energy shift (Gaussian,
-    RMS `drift`; at the default 0.5 eV it is a third of the Fe2+/Fe3+ chemical shift, so
-    only relative peak positions tell the valence reliably), a dose drawn log-uniformly
+    RMS `drift`; at the default 0.3 eV a fifth of the Fe2+/Fe3+ chemical shift, so
+    absolute peak positions tell the valence only roughly), a dose drawn log-uniformly
     from `dose` and Poisson noise. The classes are balanced (counts differ by at most one)
     and in random order.
 
