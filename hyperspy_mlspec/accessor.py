@@ -346,6 +346,66 @@ class MLSpecNamespace:
                             **estimator_params)
 
 
+    # -- masked autoencoder: embeddings and few-label heads ----------------------------------
+    def embed(self, model, *, navigation_mask=None):
+        """Embedding of every pixel by a pretrained
+        :class:`~hyperspy_mlspec.MaskedAutoencoder` (or its ``.mlspec`` file).
+
+        The spectra are resampled and normalised as in pretraining. The embedding signal
+        feeds HyperSpy's tools (``s.cluster_analysis(cluster_source=emb, ...)``) and
+        :meth:`cluster` / :meth:`embedding_2d` take the model directly
+        (``s.mlspec.cluster(mae, normalize="standard")``).
+
+        Parameters
+        ----------
+        model
+            A fitted ``MaskedAutoencoder`` or the path of a saved one.
+        navigation_mask
+            True excludes a pixel (its embedding is NaN).
+
+        Returns
+        -------
+        hyperspy.signals.Signal1D
+            Navigation axes of ``s``, signal axis ``"embedding"``; lazy when ``s`` is lazy.
+
+        Examples
+        --------
+        >>> emb = s.mlspec.embed("mae.mlspec")  # doctest: +SKIP
+        """
+        return _model(model).embed(self._signal, navigation_mask=navigation_mask)
+
+    def predict(self, model, *, navigation_mask=None, proba: bool = False):
+        """Phase map (class labels), values, or class probabilities (``proba=True``) from
+        the few-label head of a :class:`~hyperspy_mlspec.MaskedAutoencoder` (see
+        ``fit_probe``).
+
+        Returns
+        -------
+        BaseSignal
+            A navigation-shaped map with the navigation axes of ``s`` (Signal2D for a 2-D
+            map); with ``proba`` a Signal1D with a ``"class"`` signal axis.
+
+        Examples
+        --------
+        >>> phases = s.mlspec.predict(mae)  # doctest: +SKIP
+        """
+        model = _model(model)
+        if proba:
+            return model.predict_proba(self._signal, navigation_mask=navigation_mask)
+        return model.predict(self._signal, navigation_mask=navigation_mask)
+
+
+def _model(model):
+    """A fitted model, loading it when given a path."""
+    import os
+
+    if isinstance(model, (str, os.PathLike)):
+        from hyperspy_mlspec.persistence import load_model
+
+        return load_model(model)
+    return model
+
+
 def _namespace(self) -> MLSpecNamespace:
     return MLSpecNamespace(self)
 

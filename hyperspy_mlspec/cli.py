@@ -11,6 +11,8 @@ Examples
 
     $ hyperspy-mlspec decompose map1.hspy map2.zspy --method ae --components 4 --out results
     $ hyperspy-mlspec demo --out mlspec_report
+    $ hyperspy-mlspec pretrain 'lab_data/**/*.hspy' --out mae.mlspec
+    $ hyperspy-mlspec embed mae.mlspec map1.hspy --out embeddings
 """
 
 from __future__ import annotations
@@ -138,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     _file_options(ano)
     ano.set_defaults(handler=_cmd_anomaly)
 
+    _add_mae_parsers(sub)
+
     demo = sub.add_parser(
         "demo", help="compare the autoencoder with PCA on built-in synthetic EELS data",
         description="Generate a synthetic EELS spectrum image with known noise-free truth, fit "
@@ -155,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- decompose ------------------------------------------------------------------------------
-def _load_one(path: Path, lazy: bool, verbose: bool = False):
-    """Load a single 1-D-signal spectrum image, or raise :class:`CLIError`."""
+def _load_one(path: Path, lazy: bool, verbose: bool = False, single_ok: bool = False):
+    """Load a single 1-D-signal spectrum image (or spectrum, with ``single_ok``), or raise
+    :class:`CLIError`."""
     import hyperspy.api as hs
 
     from hyperspy_mlspec import signal_io
@@ -182,7 +187,7 @@ def _load_one(path: Path, lazy: bool, verbose: bool = False):
         signal_io.check_signal(s)
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
-    if s.axes_manager.navigation_dimension == 0:
+    if s.axes_manager.navigation_dimension == 0 and not single_ok:
         raise CLIError("holds a single spectrum; decomposition needs a spectrum image "
                        "(several spectra)")
     return s
@@ -367,6 +372,133 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 1
     print(f"Report written to {index.resolve()}")
     return 0
+
+
+# -- masked autoencoder: pretrain and embed -------------------------------------------------
+def _add_mae_parsers(sub) -> None:
+    pre = sub.add_parser(
+        "pretrain", help="pretrain a masked autoencoder on many spectrum files",
+        description="Pretrain a MaskedAutoencoder on every spectrum of the given files and "
+                    "globs (any channel count and calibration: each spectrum is resampled "
+                    "onto --channels bins over its own range, or over --signal-range) and "
+                    "save it as a model file (reload it with hyperspy_mlspec.load_model).")
+    pre.add_argument("files", nargs="+", metavar="FILE_OR_GLOB",
+                     help="input files or quoted globs such as 'data/**/*.hspy'")
+    pre.add_argument("-o", "--out", type=Path, required=True, metavar="MODEL.mlspec",
+                     help="model file to write")
+    pre.add_argument("--epochs", type=_epochs, default="auto", metavar="N|auto",
+                     help="maximum passes over all spectra (default: auto)")
+    pre.add_argument("--channels", type=_positive_int, default=2048, metavar="N",
+                     help="bins every spectrum is resampled onto (default: 2048)")
+    pre.add_argument("--patch-size", type=_positive_int, default=32, metavar="N",
+                     help="bins per patch; must divide --channels (default: 32)")
+    pre.add_argument("--batch-size", type=_epochs, default="auto", metavar="N|auto",
+                     help="spectra per minibatch (default: auto)")
+    pre.add_argument("--signal-range", nargs=2, type=_position, metavar=("START", "END"),
+                     help="common range, e.g. '400 eV' '900 eV' (default: each spectrum "
+                          "over its own range)")
+    pre.add_argument("--checkpoint", type=Path, default=None, metavar="FILE.mlspec",
+                     help="save a checkpoint after every epoch")
+    pre.add_argument("--resume", action="store_true",
+                     help="continue from --checkpoint when it exists")
+    pre.add_argument("--device", default="auto", help="auto, cpu, cuda... (default: auto)")
+    pre.add_argument("--lazy", action="store_true",
+                     help="stream the files chunk by chunk instead of loading each whole "
+                          "(for pools larger than memory)")
+    pre.add_argument("--seed", type=int, default=None, metavar="S",
+                     help="random seed (reproducible results on CPU)")
+    pre.set_defaults(handler=_cmd_pretrain)
+
+    emb = sub.add_parser(
+        "embed", help="embed spectrum files with a pretrained masked autoencoder",
+        description="Write DIR/<name>_embedding.hspy for each file: the MaskedAutoencoder "
+                    "embedding of every pixel (navigation axes kept, signal axis "
+                    "'embedding').")
+    emb.add_argument("model", type=Path, metavar="MODEL.mlspec", help="a saved MaskedAutoencoder")
+    _file_options(emb)
+    emb.set_defaults(handler=_cmd_embed)
+
+
+def _expand(patterns: Sequence[str]) -> list[Path]:
+    """Files named by paths or globs (a glob matching nothing is an error)."""
+    import glob
+
+    paths: list[Path] = []
+    for pattern in patterns:
+        if set("*?[") & set(pattern):
+            found = sorted(glob.glob(pattern, recursive=True))
+            if not found:
+                raise CLIError(f"{pattern}: no file matches")
+            paths.extend(Path(p) for p in found)
+        else:
+            paths.append(Path(pattern))
+    return paths
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from hyperspy_mlspec import MaskedAutoencoder
+
+    if args.resume and args.checkpoint is None:
+        print("error: --resume needs --checkpoint FILE", file=sys.stderr)
+        return 2
+    try:
+        paths = _expand(args.files)
+        signals = []
+        for path in paths:
+            try:
+                signals.append(_load_one(path, args.lazy, args.verbose, single_ok=True))
+            except CLIError as exc:
+                raise CLIError(f"{path}: {exc}") from None
+    except CLIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    mae = MaskedAutoencoder(args.channels, args.patch_size, epochs=args.epochs,
+                            batch_size=args.batch_size, signal_range=args.signal_range,
+                            checkpoint=args.checkpoint, device=args.device,
+                            random_state=args.seed)
+    t0 = time.perf_counter()
+    try:
+        mae.fit(signals, resume=args.resume)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for rec in mae.pool_:
+        note = "resampled" if rec["resampled"] else "as is"
+        print(f"  {rec['name'].replace('item ', 'file ', 1)}: {rec['n_spectra']} spectra, "
+              f"{rec['n_channels']} channels ({note})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    mae.save(args.out)
+    n = sum(r["n_spectra"] for r in mae.pool_)
+    last = mae.history_[-1]["train_loss"] if mae.history_ else float("nan")
+    print(f"ok: pretrained on {n} spectra from {len(paths)} file(s) -> {args.out} "
+          f"({mae.n_epochs_} epochs, loss {last:.4g}, {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from hyperspy_mlspec import load_model
+
+    try:
+        model = load_model(args.model)
+        if type(model).__name__ != "MaskedAutoencoder":
+            raise ValueError(f"{args.model} holds a {type(model).__name__}, not a "
+                             "MaskedAutoencoder")
+        paths = _expand(args.files)
+    except (ValueError, FileNotFoundError, CLIError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def run(path: Path) -> list[dict]:
+        s = _load_one(path, args.lazy, args.verbose, single_ok=True)
+        out = model.embed(s)
+        target = args.out / f"{path.stem}_embedding.hspy"
+        out.save(target, overwrite=True)
+        return [{"output": target}]
+    args.files = [str(p) for p in paths]
+    return _run_files("embedding", lambda p: run(Path(p)), args)
 
 
 # -- entry point ----------------------------------------------------------------------------

@@ -62,6 +62,10 @@ class SpectralEstimator(BaseEstimator):
         if self.normalization not in ("auto",) + KINDS:
             raise ValueError(f"normalization must be 'auto' or one of {KINDS}, "
                              f"got {self.normalization!r}")
+        self._check_training_params()
+
+    def _check_training_params(self) -> None:
+        """Checks of the parameters every estimator passes to the training loop."""
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if value != "auto" and not (isinstance(value, numbers.Integral) and value >= 1):

@@ -44,12 +44,7 @@ from hyperspy_mlspec.axis import AxisInfo, alignment, convert, parse_position
 from hyperspy_mlspec.engine import ArraySource, DaskSource, PoolSource, resolve_device, train
 from hyperspy_mlspec.engine.sources import RowSource
 from hyperspy_mlspec.estimators.base import SpectralEstimator, is_dask
-from hyperspy_mlspec.models.mae import (
-    LORA_TARGETS,
-    MaskedSpectrumTransformer,
-    inject_lora,
-    lora_layers,
-)
+from hyperspy_mlspec.models.mae import MaskedSpectrumTransformer, inject_lora
 
 NORMALIZATIONS = ("auto", "log", "standard")
 _ARCH = ("n_channels", "patch_size", "embed_dim", "depth", "heads", "decoder_dim",
@@ -258,15 +253,7 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, "
                              f"got {self.normalization!r}")
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if value != "auto" and not (isinstance(value, numbers.Integral) and value >= 1):
-                raise ValueError(f"{name} must be 'auto' or a positive integer, got {value!r}")
-        if not 0 <= self.validation_fraction < 1:
-            raise ValueError("validation_fraction must be in [0, 1), "
-                             f"got {self.validation_fraction!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        self._check_training_params()
         if self.signal_range is not None and len(self.signal_range) != 2:
             raise ValueError(f"signal_range must be (start, end), got {self.signal_range!r}")
 
@@ -499,6 +486,8 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         pool, records = self._pool(X, seed)
         if not continuing:
             self._initialise_pool(pool, seed)
+        else:
+            self._drop_probe()
         batch_size = self._batch_size(pool.n_rows)
         if self.batch_size != "auto" and batch_size > pool.n_rows:
             raise ValueError(f"batch_size={batch_size} is larger than the number of spectra "
@@ -533,11 +522,20 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         if first:
             self._initialise_pool(pool, seed)
             self.epochs_ = 0
+        else:
+            self._drop_probe()
         batch_size = min(self._batch_size(pool.n_rows), pool.n_rows)
+        self.pool_ = records
         self._train(pool, int(self.partial_fit_epochs), batch_size, seed, patience=None)
         self.epochs_ = self.n_epochs_
-        self.pool_ = records
         return self
+
+    def _drop_probe(self) -> None:
+        """Further pretraining changes the encoder: a head fitted on it is no longer valid."""
+        if getattr(self, "probe_", None) is not None:
+            warnings.warn("continuing pretraining discards the few-label head; call "
+                          "fit_probe again afterwards", stacklevel=3)
+        self.probe_, self._probe_net = None, None
 
     def _initialise_pool(self, pool: PoolSource, seed: int) -> None:
         rng = np.random.default_rng(seed)
@@ -692,12 +690,14 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             y = y.compute()
         y = np.asarray(y)
         n = len(rows)
-        if y.ndim >= 1 and y.shape[0] == n and (t is None or y.ndim <= 2):
-            pass
-        elif t is not None and y.shape[:len(t.nav_shape)] == t.nav_shape:
+        if t is not None and t.nav_shape and y.shape[:len(t.nav_shape)] == t.nav_shape:
+            # navigation-shaped labels (checked first: a 100x100 map with 100 labelled
+            # pixels must not be read as 100 labels of 100 targets)
             y = y.reshape((t.n_nav,) + y.shape[len(t.nav_shape):])
             if t.nav_index is not None:
                 y = y[t.nav_index]
+        elif y.ndim in (1, 2) and y.shape[0] == n:
+            pass
         else:
             where = (f"navigation_mask selects {n} of the {t.n_nav} pixels" if t is not None
                      and t.nav_index is not None else f"X holds {n} spectra")
@@ -784,6 +784,8 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
                 raise ValueError(f"classification needs one label per spectrum, y has shape "
                                  f"{y.shape}")
             classes, target = np.unique(y, return_inverse=True)
+            if np.all(classes == np.round(classes)):
+                classes = classes.astype(np.int64)  # integer labels give integer maps
             if len(classes) < 2:
                 raise ValueError(f"y holds a single class ({classes[0]:g}): a classifier needs "
                                  "labelled spectra of at least two classes")
@@ -1008,4 +1010,4 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             self._probe_net = net.to(self.device_).eval()
 
 
-__all__ = ["LORA_TARGETS", "MaskedAutoencoder", "lora_layers"]
+__all__ = ["MaskedAutoencoder"]
