@@ -464,10 +464,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for rec in mae.pool_:
+    for path, rec in zip(paths, mae.pool_, strict=True):
         note = "resampled" if rec["resampled"] else "as is"
-        print(f"  {rec['name'].replace('item ', 'file ', 1)}: {rec['n_spectra']} spectra, "
-              f"{rec['n_channels']} channels ({note})")
+        print(f"  {path}: {rec['n_spectra']} spectra, {rec['n_channels']} channels ({note})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     mae.save(args.out)
     n = sum(r["n_spectra"] for r in mae.pool_)

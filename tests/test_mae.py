@@ -177,13 +177,17 @@ def test_fit_on_a_mixed_pool_records_what_was_done(tmp_path):
     ax = f.axes_manager.signal_axes[0]  # same range in keV: converted only if asked
     ax.units, ax.offset, ax.scale = "keV", ax.offset / 1000, ax.scale / 1000
     f.save(tmp_path / "b_keV.hspy")
-    mae = tiny(epochs=2).fit([s, arr, str(tmp_path / "*.hspy")])
+    import dask.array as da
+
+    lazy_arr = da.from_array(rng.poisson(20, (25, C)).astype(np.float32), chunks=(10, C))
+    mae = tiny(epochs=2).fit([s, arr, str(tmp_path / "*.hspy"), lazy_arr])
     pool = mae.pool_
-    assert [p["kind"] for p in pool] == ["signal", "array", "file"]
-    assert [p["n_spectra"] for p in pool] == [64, 30, 30]
-    assert [p["n_channels"] for p in pool] == [C, 200, 300]
-    assert [p["resampled"] for p in pool] == [False, True, True]
-    assert pool[2]["lazy"] and pool[2]["units"] == "keV"
+    assert [p["kind"] for p in pool] == ["signal", "array", "file", "array"]
+    assert [p["n_spectra"] for p in pool] == [64, 30, 30, 25]
+    assert [p["n_channels"] for p in pool] == [C, 200, 300, C]
+    assert [p["resampled"] for p in pool] == [False, True, True, False]
+    assert [p["lazy"] for p in pool] == [False, False, True, True]
+    assert pool[2]["units"] == "keV"
     assert pool[2]["range"] == pytest.approx([0.4, 0.4 + 299 * ax.scale])
     assert mae.normalization_ == "log" and len(mae.history_) == 2
     assert mae.n_samples_seen_ > 0

@@ -41,6 +41,7 @@ def test_pretrain_on_a_glob_then_embed(folder, tmp_path, monkeypatch, capsys):
                  *SMALL]) == 0
     out = capsys.readouterr().out
     assert "pretrained on 57 spectra from 3 file(s)" in out
+    assert f"{folder / 'b.hspy'}: 20 spectra, 96 channels (resampled)" in out
     mae = load_model(model)
     assert [p["n_channels"] for p in mae.pool_] == [64, 96, 80]
     assert [p["resampled"] for p in mae.pool_] == [False, True, True]

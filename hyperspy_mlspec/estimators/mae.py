@@ -42,7 +42,7 @@ from sklearn.utils.validation import check_is_fitted
 from hyperspy_mlspec import signal_io as sio
 from hyperspy_mlspec.axis import AxisInfo, alignment, convert, parse_position
 from hyperspy_mlspec.engine import ArraySource, DaskSource, PoolSource, resolve_device, train
-from hyperspy_mlspec.engine.sources import RowSource
+from hyperspy_mlspec.engine.sources import RowSource, validation_rows
 from hyperspy_mlspec.estimators.base import SpectralEstimator, is_dask
 from hyperspy_mlspec.models.mae import MaskedSpectrumTransformer, inject_lora
 
@@ -50,6 +50,7 @@ NORMALIZATIONS = ("auto", "log", "standard")
 _ARCH = ("n_channels", "patch_size", "embed_dim", "depth", "heads", "decoder_dim",
          "decoder_depth", "decoder_heads")
 _GLOB_CHARS = set("*?[")
+_LORA_VALIDATION = 0.2  # labels held out to stop LoRA training (with >= 50 labels)
 
 
 @dataclass
@@ -729,10 +730,11 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         head
             ``"linear"``: logistic regression (classification) or ridge regression with
             cross-validated strength (regression) on standardised embeddings.
-            ``"lora"``: the linear probe, then LoRA adapters of rank ``rank`` on the
-            ``lora_targets`` attention projections of every encoder block and the head,
-            trained together with the engine (cross-entropy or MSE on standardised targets;
-            20% of the labels held out for early stopping when there are at least 50).
+            ``"lora"``: the linear probe (fitted on the labels not held out), then LoRA
+            adapters of rank ``rank`` on the ``lora_targets`` attention projections of
+            every encoder block and the head, trained together with the engine
+            (cross-entropy or MSE on standardised targets; 20% of the labels held out for
+            early stopping when there are at least 50).
         task
             ``"classification"``, ``"regression"`` or ``"auto"`` (classification for
             integer, boolean or integer-valued labels, else regression).
@@ -742,7 +744,8 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             LoRA rank, scale (update ``alpha / rank * B A``) and wrapped projections
             (subset of ``("q", "k", "v", "out")``).
         C
-            Inverse L2 strength of the logistic regression.
+            Inverse L2 strength of the logistic regression (regression cross-validates its
+            ridge strength).
         epochs
             LoRA training passes, or ``"auto"`` (about 300 optimiser steps, 20-200 epochs).
         learning_rate
@@ -779,6 +782,10 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         scale = np.where(scale > 1e-8, scale, 1.0)
         z = (emb - mean) / scale
         info: dict[str, Any] = {"head": head, "task": task, "n_labels": int(len(rows))}
+        # LoRA holds out labels for early stopping: the linear probe that starts it must not
+        # see them, or the held-out loss is optimistic from the start and training stalls
+        fraction = _LORA_VALIDATION if head == "lora" and len(rows) >= 50 else 0.0
+        seen = ~validation_rows(np.arange(len(rows)), fraction, seed)
         if task == "classification":
             if y.ndim != 1:
                 raise ValueError(f"classification needs one label per spectrum, y has shape "
@@ -789,7 +796,9 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             if len(classes) < 2:
                 raise ValueError(f"y holds a single class ({classes[0]:g}): a classifier needs "
                                  "labelled spectra of at least two classes")
-            clf = LogisticRegression(C=C, max_iter=5000).fit(z, target)
+            if len(np.unique(target[seen])) < len(classes):
+                seen[:] = True  # a class only among held-out labels: use them all
+            clf = LogisticRegression(C=C, max_iter=5000).fit(z[seen], target[seen])
             coef, intercept = clf.coef_, clf.intercept_
             if len(classes) == 2:  # sigmoid(w z + b) == softmax([0, w z + b])
                 coef = np.vstack([np.zeros_like(coef), coef])
@@ -802,7 +811,7 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             y_mean, y_std = y2.mean(0), y2.std(0)
             y_std = np.where(y_std > 0, y_std, 1.0)
             target = (y2 - y_mean) / y_std
-            reg = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(z, target)
+            reg = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(z[seen], target[seen])
             coef, intercept = np.atleast_2d(reg.coef_), np.atleast_1d(reg.intercept_)
             info["n_targets"] = int(y2.shape[1])
             info["target_shape"] = list(y.shape[1:])
@@ -811,7 +820,10 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         if head == "lora":
             rank = int(rank)
             encoder = copy.deepcopy(self.module_)
-            inject_lora(encoder, rank, lora_alpha, tuple(lora_targets))
+            # adapters in the encoder only (the decoder plays no part in embeddings); all
+            # pretrained weights frozen, so the saved adapters + head rebuild the probe
+            encoder.requires_grad_(False)
+            inject_lora(encoder.blocks, rank, lora_alpha, tuple(lora_targets))
             info.update(rank=rank, lora_alpha=float(lora_alpha),
                         lora_targets=list(lora_targets))
         net = _ProbeNet(encoder, n_out).to(self.device_)
@@ -823,19 +835,18 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
                 getattr(net, name).copy_(torch.as_tensor(value, dtype=torch.float32))
         if head == "lora":
             info["history"] = self._train_lora(net, rows, target, task, epochs,
-                                               learning_rate, seed)
+                                               learning_rate, seed, fraction)
         self.probe_ = info
         self._probe_net = net.eval()
         return self
 
     def _train_lora(self, net: _ProbeNet, rows: np.ndarray, target: np.ndarray, task: str,
-                    epochs, learning_rate: float, seed: int) -> list[dict]:
+                    epochs, learning_rate: float, seed: int, fraction: float) -> list[dict]:
         n, c = rows.shape
         # targets travel as extra columns of the rows so the engine's sources and its one
         # training loop can be used unchanged
         t = np.asarray(target, dtype=np.float32).reshape(n, -1)
         data = np.concatenate([rows, t], axis=1)
-        fraction = 0.2 if n >= 50 else 0.0
         source = ArraySource(data, validation_fraction=fraction, seed=seed)
         batch_size = int(np.clip(source.count("train") // 4, 4, 32))
         if epochs == "auto":
@@ -997,7 +1008,8 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             encoder = self.module_
             if p["head"] == "lora":
                 encoder = copy.deepcopy(self.module_)
-                inject_lora(encoder, p["rank"], p["lora_alpha"], tuple(p["lora_targets"]))
+                inject_lora(encoder.blocks, p["rank"], p["lora_alpha"],
+                            tuple(p["lora_targets"]))
             n_out = len(p["classes"]) if p["task"] == "classification" else p["n_targets"]
             net = _ProbeNet(encoder, n_out)
             probe = {k[len("probe."):]: torch.as_tensor(v) for k, v in arrays.items()

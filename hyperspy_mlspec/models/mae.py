@@ -59,7 +59,7 @@ def standardize_spectra(x: torch.Tensor, kind: str = "log") -> torch.Tensor:
 
     Examples
     --------
-    >>> x = torch.rand(3, 16) * 100
+    >>> x = torch.rand(3, 16) * 100 + 100
     >>> y = standardize_spectra(x, "log")
     >>> bool(torch.allclose(y, standardize_spectra(x * 7, "log"), atol=0.05))
     True
