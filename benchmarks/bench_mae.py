@@ -429,11 +429,19 @@ def findings(results: dict, mae_info: dict, mae_methods: Sequence[str], pca: str
             "embedding (mean of the patch tokens after a short pretraining), not in the "
             "few-label head.")
     if lora in results:
+        d_acc = _mean(results, lora, "classification", "acc") - acc[head]
+        d_r2 = _mean(results, lora, "regression", "r2") - r2[head]
+
+        def spread(key: str, task: str) -> float:
+            values = [x[key] for m in (head, lora) for x in results[m][task]]
+            return statistics.stdev(values) if len(values) > 1 else 0.0
+
+        inside = abs(d_acc) <= spread("acc", "classification") and \
+            abs(d_r2) <= spread("r2", "regression")
         lines.append(
-            f"- LoRA adaptation changes the probe by "
-            f"{_mean(results, lora, 'classification', 'acc') - acc[head]:+.1f} accuracy and "
-            f"{_mean(results, lora, 'regression', 'r2') - r2[head]:+.1f} R^2 points (within "
-            "the spread over the label draws).")
+            f"- LoRA adaptation changes the probe by {d_acc:+.1f} accuracy and {d_r2:+.1f} R^2 "
+            "points, " + ("within" if inside else "beyond")
+            + " the spread over the label draws: it does not help here.")
     seg = next((m for m in results if "segment pooling" in m), None)
     if seg is not None:
         lines.append(
