@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python -m benchmarks.run_all            # full benchmarks (slow)
     .venv/bin/python -m benchmarks.run_all --quick    # small data, a smoke test
     .venv/bin/python -m benchmarks.run_all --only decomposition
+    .venv/bin/python -m benchmarks.run_all --only mae            # bench_mae (issue 5)
 
 Each benchmark prints its command and table and writes its own section of
 ``benchmarks/RESULTS.md``. A failing benchmark is reported and the others still run; the

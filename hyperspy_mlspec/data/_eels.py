@@ -228,6 +228,61 @@ class PluralScattering:
         return sp_fft.irfft(f, n=self.n_fft, axis=-1)[:, : self.n_ext]
 
 
+def extended_spectra(
+    phases: Sequence, lo: float, scale: float, n_channels: int, max_shift_ev: float,
+    *, plural: bool,
+) -> tuple[np.ndarray, int]:
+    """Spectra of `phases` (callables of the energy) on the extended channel grid.
+
+    Plural scattering draws intensity from below the window and energy shifts (up to
+    `max_shift_ev` either way) from both sides, so the spectra are computed on a grid
+    padded on both sides, binned and broadened by the energy resolution.
+
+    Returns
+    -------
+    spectra_ext : numpy.ndarray
+        ``(len(phases), n_ext)`` channel averages in model units.
+    start : int
+        Index of the first channel of the signal window in the extended grid.
+    """
+    margin = int(np.ceil(max_shift_ev / scale)) + 3
+    pad_ev = min(_PLURAL_PAD_EV, 0.5 * lo) if plural else 0.0
+    n_lo = margin + int(np.ceil(pad_ev / scale))
+    n_ext = n_lo + n_channels + margin
+    centres = lo + (np.arange(n_ext) - n_lo) * scale
+    centres = np.maximum(centres, 0.25 * lo)
+
+    def evaluate(energy: np.ndarray) -> np.ndarray:
+        return np.stack([phase(energy) for phase in phases])
+
+    return binned(evaluate, centres, scale, 0.1, blur_fwhm=ENERGY_RESOLUTION_EV), n_lo
+
+
+def eels_signal(data, shape: tuple[int, ...], lo: float, scale: float, title: str,
+                synthetic: dict, phases: Sequence[_Phase], *, lazy: bool = False):
+    """The exspy EELS signal of synthetic `data`: calibrated energy-loss axis, microscope
+    parameters and the elements of `phases`."""
+    import exspy
+
+    signal_class = exspy.signals.LazyEELSSpectrum if lazy else exspy.signals.EELSSpectrum
+    n_channels = int(data.shape[-1])
+    signal = build_signal(
+        data,
+        signal_class,
+        shape,
+        {"name": "Energy loss", "size": n_channels, "offset": lo, "scale": scale, "units": "eV"},
+        title,
+        synthetic,
+    )
+    signal.set_microscope_parameters(
+        beam_energy=BEAM_ENERGY_KV,
+        convergence_angle=CONVERGENCE_ANGLE_MRAD,
+        collection_angle=COLLECTION_ANGLE_MRAD,
+    )
+    signal.add_elements(sorted({el for p in phases for el in p.elements}))
+    return signal
+
+
 def eels_map(
     navigation_shape: int | tuple[int, ...] = (64, 64),
     n_channels: int = 1024,
@@ -361,20 +416,10 @@ def eels_map(
     with np.errstate(invalid="ignore", divide="ignore"):
         fe3_fraction = np.where(fe2 + fe3 > 0, fe3 / (fe2 + fe3), np.nan)
 
-    # spectra on an extended grid: plural scattering draws from lower energies, drift
-    # from both sides
-    margin = int(np.ceil(np.abs(shift_ev).max() / scale)) + 3
-    pad_ev = min(_PLURAL_PAD_EV, 0.5 * lo) if thickness else 0.0
-    n_lo = margin + int(np.ceil(pad_ev / scale))
-    n_ext = n_lo + n_channels + margin
-    centres = lo + (np.arange(n_ext) - n_lo) * scale
-    centres = np.maximum(centres, 0.25 * lo)
     phases = _phases(fe3_shift, rare_phase)
-
-    def evaluate(energy: np.ndarray) -> np.ndarray:
-        return np.stack([phase(energy) for phase in phases])
-
-    spectra_ext = binned(evaluate, centres, scale, 0.1, blur_fwhm=ENERGY_RESOLUTION_EV)
+    spectra_ext, n_lo = extended_spectra(phases, lo, scale, n_channels,
+                                         float(np.abs(shift_ev).max()), plural=thickness)
+    n_ext = spectra_ext.shape[1]
     propagator = PluralScattering(scale, n_ext) if thickness else IdentityPropagator()
     generator = SpectrumImageGenerator(
         spectra_ext,
@@ -390,9 +435,6 @@ def eels_map(
     )
 
     data = generator.to_dask(noisy=True) if lazy else generator.compute(noisy=True)
-    import exspy
-
-    signal_class = exspy.signals.LazyEELSSpectrum if lazy else exspy.signals.EELSSpectrum
     names = [p.name for p in phases]
     synthetic = {
         "generator": "hyperspy_mlspec.data.eels_map",
@@ -411,21 +453,8 @@ def eels_map(
         "energy_resolution_eV": ENERGY_RESOLUTION_EV,
         "plasmon_energy_eV": PLASMON_ENERGY_EV,
     }
-    signal = build_signal(
-        data,
-        signal_class,
-        shape,
-        {"name": "Energy loss", "size": n_channels, "offset": lo, "scale": scale, "units": "eV"},
-        f"Synthetic EELS map (dose={dose:g})",
-        synthetic,
-    )
-    signal.set_microscope_parameters(
-        beam_energy=BEAM_ENERGY_KV,
-        convergence_angle=CONVERGENCE_ANGLE_MRAD,
-        collection_angle=COLLECTION_ANGLE_MRAD,
-    )
-    elements = sorted({el for p in phases for el in p.elements})
-    signal.add_elements(elements)
+    signal = eels_signal(data, shape, lo, scale, f"Synthetic EELS map (dose={dose:g})",
+                         synthetic, phases, lazy=lazy)
     if not return_truth:
         return signal
 
