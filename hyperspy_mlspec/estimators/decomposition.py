@@ -208,6 +208,9 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         c = torch.as_tensor(self.normalizer_.channel_scale, device=loadings.device)
         return self.module_.decode(loadings) * c
 
+    def _reconstruct_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        return self._decode_tensor(self._encode_tensor(x))
+
     def _encode(self, X: np.ndarray) -> np.ndarray:
         return self._apply_numpy(X, self._encode_tensor)
 
@@ -255,8 +258,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         ndarray or dask array of the shape of ``X``
         """
         X = self._validate_transform_input(X)
-        return self._map_rows(X, lambda x: self._decode_tensor(self._encode_tensor(x)),
-                              self.n_features_in_)
+        return self._map_rows(X, self._reconstruct_tensor, self.n_features_in_)
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
         """Draw spectra from the prior of a variational model, at the typical intensity.
