@@ -157,8 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
 # -- decompose ------------------------------------------------------------------------------
 def _load_one(path: Path, lazy: bool, verbose: bool = False):
     """Load a single 1-D-signal spectrum image, or raise :class:`CLIError`."""
-    import hyperspy.api as hs
-
     from hyperspy_mlspec import signal_io
 
     if not path.exists():
@@ -170,7 +168,7 @@ def _load_one(path: Path, lazy: bool, verbose: bool = False):
     if not verbose:  # HyperSpy logs its own message for unreadable files; ours says it all
         hs_logger.setLevel(logging.CRITICAL)
     try:
-        s = hs.load(str(path), lazy=lazy)
+        s = signal_io.load(path, lazy=lazy)
     except Exception as exc:  # readers raise many types; the message is what matters
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CLIError(f"cannot read it: {msg}") from None
