@@ -4,17 +4,20 @@ Lazy inference builds a dask graph whose tasks call a :class:`RowFunction`: the 
 inference method of the estimator (e.g. ``"_encode_tensor"``) plus a :class:`ModelPayload`,
 the bytes of the model file (safetensors weights + JSON config, see
 :mod:`hyperspy_mlspec.persistence`). Pickling a payload ships only those bytes; each worker
-process rebuilds the estimator once, from a cache keyed by the SHA-256 of the bytes, and
-reuses it for every block. No torch module, estimator object or HyperSpy signal is ever in
-the graph, so the same graph runs on the local threaded scheduler, on worker processes and on
-a ``dask.distributed`` cluster. The payload is a snapshot: training the estimator further
-after building a lazy result does not change that result.
+process rebuilds the estimator once, from a cache keyed by the SHA-256 checksum of weights
+and config recorded in the file, and reuses it for every block. No torch module, estimator
+object or HyperSpy signal is ever in the graph, so the same graph runs on the local threaded
+scheduler, on worker processes and on a ``dask.distributed`` cluster. The payload is a
+snapshot: training the estimator further after building a lazy result does not change that
+result.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import struct
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -51,7 +54,7 @@ class ModelPayload:
 
     def __init__(self, data: bytes) -> None:
         self.data = bytes(data)
-        self.key = hashlib.sha256(self.data).hexdigest()
+        self.key = _content_key(self.data)
 
     @classmethod
     def from_estimator(cls, estimator) -> ModelPayload:
@@ -86,6 +89,19 @@ class ModelPayload:
             while len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)
             return est
+
+
+def _content_key(data: bytes) -> str:
+    """The SHA-256 of config and tensors recorded in a model file's header (the file bytes
+    themselves are not canonical: the header's metadata order may vary between saves)."""
+    try:
+        n = struct.unpack("<Q", data[:8])[0]
+        key = json.loads(data[8:8 + n])["__metadata__"]["sha256"]
+        if isinstance(key, str) and len(key) == 64:
+            return key
+    except (struct.error, ValueError, KeyError, TypeError):
+        pass
+    return hashlib.sha256(data).hexdigest()
 
 
 class RowFunction:

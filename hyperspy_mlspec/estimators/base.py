@@ -26,6 +26,13 @@ from hyperspy_mlspec.engine.normalization import KINDS
 from hyperspy_mlspec.engine.sources import DaskSource, RowSource
 
 _STAT_ROWS = 20_000  # rows sampled for data statistics (normalisation, variances)
+_STAT_VALUES = 2**24  # ... but at most 64 MiB of float32: initialisation makes a few copies
+
+
+def stat_rows(n_features: int) -> int:
+    """Rows sampled for data statistics: ``_STAT_ROWS``, fewer for very long spectra so
+    that memory stays bounded (4096 rows of 4096 channels)."""
+    return int(min(_STAT_ROWS, max(1000, _STAT_VALUES // max(1, n_features))))
 
 
 def is_dask(X: Any) -> bool:
@@ -160,7 +167,7 @@ class SpectralEstimator(BaseEstimator):
             raise ValueError("Found 0 spectra: at least one is required to fit.")
         rng = np.random.default_rng(seed)
         source.check = None
-        sample = source.sample(_STAT_ROWS, rng)
+        sample = source.sample(stat_rows(source.n_features), rng)
         self._resolve_from_sample(sample)
         self.device_ = str(resolve_device(self.device))
         with torch.random.fork_rng(devices=[]):

@@ -9,7 +9,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from hyperspy_mlspec.engine.losses import gaussian_loss, poisson_deviance
 from hyperspy_mlspec.engine.sources import RowSource
-from hyperspy_mlspec.estimators.base import _STAT_ROWS, SpectralEstimator
+from hyperspy_mlspec.estimators.base import SpectralEstimator, stat_rows
 from hyperspy_mlspec.models import SpectralAutoencoder, default_hidden_sizes
 
 
@@ -162,7 +162,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
     def _after_fit(self, source: RowSource) -> None:
         """Sort latent dimensions by explained variance and derive ``components_``."""
         rng = np.random.default_rng(0)
-        sample = source.sample(_STAT_ROWS, rng)
+        sample = source.sample(stat_rows(source.n_features), rng)
         loadings = self._encode(sample)
         self.typical_scale_ = float(np.median(self._row_scale(sample)))
         ev = self._component_variances(sample, loadings)
