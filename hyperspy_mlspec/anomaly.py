@@ -298,8 +298,9 @@ def _prescreen(rows, n_components: int, seed: int = 0) -> np.ndarray:
     """
     rng = np.random.default_rng(seed)
     n = int(rows.shape[0])
-    # at most 5000 rows and 64 MiB of float64 (bounded memory for long spectra)
-    size = min(n, 5000, max(500, 2**23 // max(1, int(rows.shape[1]))))
+    # at most 5000 rows and 32 MiB of float64 (bounded memory for long spectra; the SVD and
+    # normalisation make several copies)
+    size = min(n, 5000, max(500, 2**22 // max(1, int(rows.shape[1]))))
     idx = np.sort(rng.choice(n, size=size, replace=False))
     sample = rows[idx]
     sample = np.asarray(sample.compute() if hasattr(sample, "compute") else sample,
