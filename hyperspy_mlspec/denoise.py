@@ -223,7 +223,6 @@ def denoise_files(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike
     >>> os.path.basename(rows[0]["output"])
     'm_denoised.hspy'
     """
-    import hyperspy.api as hs
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -247,20 +246,23 @@ def denoise_files(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike
             est = model if model is not None else fit_denoiser(
                 s, noise, show_progressbar=show_progressbar, **estimator_params)
             lazy_s = sio.is_lazy(s)
-            denoised, *stats = denoise_signal(s, est, residual_statistics=not lazy_s)
-            denoised.save(str(target), overwrite=True)
+            if lazy_s:
+                denoised = denoise_signal(s, est)
+            else:
+                denoised, stats = denoise_signal(s, est, residual_statistics=True)
+            sio.save(denoised, str(target), overwrite=True)
             if lazy_s:
                 # statistics from the file just written: one more read of the data, but no
                 # second inference pass (the lazy result was streamed to disk, not kept)
                 import dask
 
-                saved = hs.load(str(target), lazy=True)
+                saved = sio.load(target, lazy=True)
                 rows_in = sio.table_for_model(s, est).rows
                 rows_out = sio.rows_of(saved).rechunk((rows_in.chunks[0], -1))
                 _, chi2 = normalized_residuals(rows_in, rows_out, est.conserves_counts_)
                 chi2, total_in, total_out = dask.compute(chi2, s.data.sum(), saved.data.sum())
             else:
-                chi2 = stats[0]["chi2_per_channel"].data
+                chi2 = stats["chi2_per_channel"].data
                 total_in, total_out = s.data.sum(), denoised.data.sum()
             model_file = None
             if save_models and model is None:

@@ -422,3 +422,49 @@ def load(path, lazy: bool = False, **kwargs: Any):
         for s in loaded if isinstance(loaded, list) else [loaded]:
             portable(s)
     return loaded
+
+
+def _distributed_client():
+    """The dask.distributed client computations currently go to, or None."""
+    import dask
+
+    scheduler = dask.config.get("scheduler", None)
+    if hasattr(scheduler, "submit"):  # a Client given as the scheduler
+        return scheduler
+    if scheduler not in (None, "dask.distributed"):
+        return None
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def save(signal, path, **kwargs: Any) -> None:
+    """``signal.save(path, **kwargs)`` that also works for lazy results computed on a
+    ``dask.distributed`` cluster.
+
+    HyperSpy writes lazy data with ``dask.array.store`` into an open HDF5 dataset, which
+    cannot travel to worker processes. With a distributed client active, each block is
+    computed on the cluster and written here, one block at a time (memory stays bounded by
+    the block size). Otherwise this is plain ``signal.save``.
+    """
+    client = _distributed_client() if is_lazy(signal) else None
+    if client is None:
+        signal.save(path, **kwargs)
+        return
+    import dask
+    import dask.array as da
+
+    remote = signal.data
+
+    def fetch(block_id=None):
+        return client.compute(remote.blocks[block_id]).result()
+
+    local = signal._deepcopy_with_new_data(
+        da.map_blocks(fetch, chunks=remote.chunks, dtype=remote.dtype,
+                      meta=np.empty((0,) * remote.ndim, remote.dtype)))
+    local.metadata.General.title = signal.metadata.General.title
+    with dask.config.set(scheduler="threads"):
+        local.save(path, **kwargs)
