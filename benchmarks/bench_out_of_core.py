@@ -121,7 +121,7 @@ class _RSSSampler:
 
 
 def child(method: str, path: str, mode: str, epochs: int, anomaly_epochs: int,
-          out_dir: str) -> dict:
+          out_dir: str, robust: float = 0.05) -> dict:
     """Run one method on the file (``mode`` "lazy" or "memory") and measure it."""
     import resource
 
@@ -159,7 +159,8 @@ def child(method: str, path: str, mode: str, epochs: int, anomaly_epochs: int,
             d = s.mlspec.denoise(epochs=epochs, random_state=0, show_progressbar=False)
             d.save(os.path.join(out_dir, f"denoised_{mode}.hspy"), overwrite=True)
         elif method == "anomaly_map":
-            score = s.mlspec.anomaly_map(epochs=anomaly_epochs, show_progressbar=False)
+            score = s.mlspec.anomaly_map(epochs=anomaly_epochs, robust=robust,
+                                         show_progressbar=False)
             assert np.isfinite(score.data).all()
         else:
             raise ValueError(method)
@@ -174,7 +175,7 @@ def child(method: str, path: str, mode: str, epochs: int, anomaly_epochs: int,
 
 def run_child(method: str, path: Path, mode: str, cfg: dict, out_dir: Path) -> dict:
     cmd = [sys.executable, "-m", MODULE, "--child", method, str(path), mode,
-           str(cfg["epochs"]), str(cfg["anomaly_epochs"]), str(out_dir)]
+           str(cfg["epochs"]), str(cfg["anomaly_epochs"]), str(out_dir), str(cfg["robust"])]
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -183,6 +184,18 @@ def run_child(method: str, path: Path, mode: str, cfg: dict, out_dir: Path) -> d
     if proc.returncode or not lines:
         raise RuntimeError(f"{method} {mode} failed:\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1])
+
+
+def _call(method: str, cfg: dict) -> str:
+    if method == "decomposition":
+        return f"`s.mlspec.decomposition(4, epochs={cfg['epochs']})`"
+    if method == "denoise":
+        return f"`s.mlspec.denoise(epochs={cfg['epochs']})` + `.save(...hspy)`"
+    robust = cfg.get("robust", 0.05)
+    how = ("trimmed fit: robust start + 4 rounds, 1 epoch each, and a score pass per round"
+           if robust > 0 else "one plain fit, then one score pass")
+    return (f"`s.mlspec.anomaly_map(epochs={cfg['anomaly_epochs']}, robust={robust:g})` "
+            f"({how})")
 
 
 def report(results: list[dict], cfg: dict, cmd: str, info: dict, loads: list[float],
@@ -206,7 +219,8 @@ def report(results: list[dict], cfg: dict, cmd: str, info: dict, loads: list[flo
     worst_ratio = max(by[(m, "memory")]["spectra_per_s"] / by[(m, "lazy")]["spectra_per_s"]
                       for m in methods)
     text = "\n".join([
-        f"Command: `{cmd}`", "",
+        "Command: " + ", then ".join(f"`{c}`" for c in dict.fromkeys(
+            [r.get("command", cmd) for r in results] or [cmd])), "",
         machine_markdown(info),
         f"- 1-min load average at start, after each run: {', '.join(f'{x:.2f}' for x in loads)}"
         " (2 cores; above 2 means other processes competed for the CPU)",
@@ -216,12 +230,12 @@ def report(results: list[dict], cfg: dict, cmd: str, info: dict, loads: list[flo
         f"{cfg['lines_per_chunk'] * nx * cfg['channels'] * 4 / 2**20:.0f} MiB); written "
         f"block by block in {write_s:.0f} s. In-memory baseline: the first {ny // SLICE} "
         f"lines ({ny * nx // SLICE} spectra) loaded into memory, same call.",
-        f"- Calls (fresh process each, default threads): `s.mlspec.decomposition(4, "
-        f"epochs={cfg['epochs']})`; `s.mlspec.denoise(epochs={cfg['epochs']})` + "
-        f"`.save(...hspy)`; `s.mlspec.anomaly_map(epochs={cfg['anomaly_epochs']})` "
-        f"(trimmed fit: 1 + 4 rounds). The epoch budget is explicit and equal for both runs: "
-        "with `epochs='auto'` the lazy fits would run at least 15 passes over 2 GiB, longer "
-        "than this shared machine allows.",
+        "- Calls (fresh process each; torch 1 thread, dask threaded scheduler with 1 "
+        "worker, so both runs use one core for compute, plus the source's prefetch thread): "
+        + "; ".join(_call(m, by[(m, "lazy")].get("cfg", cfg)) for m in methods)
+        + ". The epoch budget is explicit and equal for both runs: with `epochs='auto'` the "
+        "lazy fits would run at least 15 passes over 2 GiB, longer than this shared machine "
+        "allows.",
         "- Extra RSS = peak resident memory of the process during the call (psutil, every "
         "20 ms) minus its resident memory just before (imports done, file opened lazily; the "
         "in-memory run has its slice loaded already). Throughput = input spectra / wall "
@@ -244,15 +258,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--child":
         method, path, mode, epochs, aepochs, out_dir = argv[1:7]
-        print(json.dumps(child(method, path, mode, int(epochs), int(aepochs), out_dir)),
-              flush=True)
+        robust = float(argv[7]) if len(argv) > 7 else 0.05
+        print(json.dumps(child(method, path, mode, int(epochs), int(aepochs), out_dir,
+                               robust)), flush=True)
         return {}
     parser = bench_parser(__doc__.splitlines()[0])
     parser.add_argument("--dir", default=None,
                         help="folder for the data file (default: a temporary folder)")
     parser.add_argument("--only", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--anomaly-robust", type=float, default=0.05,
+                        help="robust fraction of anomaly_map (0: one plain fit, 1 training "
+                             "pass; default 0.05: trimmed fit, 1 + 4 passes)")
+    parser.add_argument("--anomaly-epochs", type=int, default=None,
+                        help="epoch budget of anomaly_map (default: 5)")
+    parser.add_argument("--results-json", default=None,
+                        help="keep every measurement in this JSON file and report the "
+                             "methods measured by earlier runs (--only) as well")
     args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL, robust=args.anomaly_robust)
+    if args.anomaly_epochs:
+        cfg["anomaly_epochs"] = args.anomaly_epochs
+    earlier: list[dict] = []
+    if args.results_json and Path(args.results_json).exists():
+        earlier = [r for r in json.loads(Path(args.results_json).read_text())
+                   if r["method"] not in args.only]
     info = machine_info()
     loads = [os.getloadavg()[0]]
     cmd = command_line(MODULE, argv)
@@ -272,11 +301,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                       f"{r['spectra_per_s']:.0f} spectra/s, extra RSS "
                       f"{r['rss_extra'] / 2**20:.0f} MiB (peak {r['rss_peak'] / 2**20:.0f}"
                       f" MiB)", flush=True)
+                r.update(cfg=cfg, command=cmd, load=loads[-1])
                 results.append(r)
+            if args.results_json:
+                Path(args.results_json).write_text(json.dumps(earlier + results, indent=1))
             if not args.no_write and not args.quick:
-                update_results_section(TITLE, report(results, cfg, cmd, info, loads, size,
-                                                     write_s, args.only))
-    text = report(results, cfg, cmd, info, loads, size, write_s, args.only)
+                update_results_section(TITLE, report(earlier + results, cfg, cmd, info, loads,
+                                                     size, write_s, METHODS))
+    text = report(earlier + results, cfg, cmd, info, loads, size, write_s, METHODS)
     print(text)
     if not args.no_write and not args.quick:
         update_results_section(TITLE, text)
