@@ -253,3 +253,22 @@ def test_hspy_lazy_file_is_portable(tmp_path, data):
     np.testing.assert_array_equal(pickle.loads(blob).compute(), s.data)
     np.testing.assert_allclose(lazy.mlspec.anomaly_map(ae).data, s.mlspec.anomaly_map(ae).data,
                                rtol=1e-5)
+
+
+def test_lazy_decomposition_projects_each_spectrum_once(data, monkeypatch):
+    """HyperSpy's lazy decomposition asks for the loadings twice: the second pass reuses."""
+    s, _, _ = data
+    lazy, _ = recording_lazy(s)
+    cls = hyperspy_mlspec.AutoencoderDecomposition
+    original, rows = cls.transform, []
+
+    def counting(self, X):
+        rows.append(len(X))
+        return original(self, X)
+
+    monkeypatch.setattr(cls, "transform", counting)
+    lazy.mlspec.decomposition(3, epochs=2, random_state=0)
+    assert sum(rows) == 120
+    eager = s.deepcopy()
+    eager.mlspec.decomposition(3, epochs=2, random_state=0)
+    assert lazy.learning_results.loadings.shape == eager.learning_results.loadings.shape
