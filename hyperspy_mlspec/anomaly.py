@@ -240,6 +240,9 @@ def _reconstruct(model, rows):
 
 
 
+_SCORE_BLOCK = 4096  # rows scored at a time in memory
+
+
 def _table_scores(model, table: sio.SpectraTable, metric: str,
                   smoothing: float = 0.0) -> np.ndarray:
     """Scores of the rows of a table, computed (navigation-sized) even for lazy tables."""
@@ -252,7 +255,10 @@ def _table_scores(model, table: sio.SpectraTable, metric: str,
         scores = da.map_blocks(_row_scores, rows, recon, metric, smoothing, drop_axis=1,
                                dtype=np.float64)
         return np.asarray(scores.compute(), dtype=np.float64)
-    return _row_scores(rows, recon, metric, smoothing)
+    # in blocks: the float64 temporaries of the deviance are ~10x the block's size
+    step = _SCORE_BLOCK
+    return np.concatenate([_row_scores(rows[i:i + step], recon[i:i + step], metric, smoothing)
+                           for i in range(0, len(rows), step)] or [np.empty(0)])
 
 
 def _default_epochs(n_rows: int) -> int:
@@ -1337,7 +1343,6 @@ def anomaly_files(paths: Sequence[str | Path], out_dir: str | Path, lazy: bool =
     --------
     >>> anomaly_files(["map.hspy"], "out", threshold="mad", k=6)  # doctest: +SKIP
     """
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = []
