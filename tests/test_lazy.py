@@ -61,10 +61,10 @@ def data():
     from conftest import mixture_map
 
     s, clean = mixture_map()
-    ae = hyperspy_mlspec.AutoencoderDecomposition(3, epochs=30, random_state=0,
+    ae = hyperspy_mlspec.AutoencoderDecomposition(3, epochs=15, random_state=0,
                                                   show_progressbar=False)
     ae.fit(s.data.reshape(-1, s.data.shape[-1]))
-    dae = hyperspy_mlspec.DenoisingAutoencoder(epochs=10, random_state=0,
+    dae = hyperspy_mlspec.DenoisingAutoencoder(epochs=5, random_state=0,
                                                show_progressbar=False)
     dae.fit(s.data.reshape(-1, s.data.shape[-1]))
     return s, ae, dae
