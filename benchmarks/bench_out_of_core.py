@@ -209,11 +209,13 @@ def report(results: list[dict], cfg: dict, cmd: str, info: dict, loads: list[flo
         rows.append([method, f"{lz['seconds']:.0f}", f"{lz['spectra_per_s']:.0f}",
                      f"{lz['rss_extra'] / 2**20:.0f}", f"{lz['rss_peak'] / 2**20:.0f}",
                      f"{mem['spectra_per_s']:.0f}", f"{mem['rss_extra'] / 2**20:.0f}",
-                     fmt(mem["spectra_per_s"] / lz["spectra_per_s"], 2)])
+                     fmt(mem["spectra_per_s"] / lz["spectra_per_s"], 2),
+                     " / ".join(f"{r['load']:.1f}" if r.get("load") is not None else "-"
+                                for r in (lz, mem))])
     table = markdown_table(
         ["method", "lazy time (s)", "lazy spectra/s", "lazy extra RSS (MiB)",
          "lazy peak RSS (MiB)", "in-memory spectra/s", "in-memory extra RSS (MiB)",
-         "in-memory / lazy speed"], rows)
+         "in-memory / lazy speed", "1-min load after lazy / in-memory run"], rows)
     ny, nx = cfg["shape"]
     worst_mem = max(by[(m, "lazy")]["rss_extra"] for m in methods) / 2**20
     worst_ratio = max(by[(m, "memory")]["spectra_per_s"] / by[(m, "lazy")]["spectra_per_s"]
