@@ -7,6 +7,7 @@ anew at each attribute access, so ``s.copy().mlspec`` is bound to the copy.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ class _Prefitted:
         self.estimator = estimator
         self.components_ = estimator.components_
         self.explained_variance_ = estimator.explained_variance_
+        self._codes: dict[bytes, np.ndarray] = {}
 
     def fit(self, X, y=None):
         return self
@@ -31,7 +33,17 @@ class _Prefitted:
         return self
 
     def transform(self, X):
-        return self.estimator.transform(X)
+        # HyperSpy 2.5's lazy decomposition projects every block twice for estimators
+        # with partial_fit (once for the loadings, once more as the default "reproject"):
+        # the codes of a block already seen are reused (keyed by a digest of its bytes),
+        # which saves a whole inference pass over the data
+        X = np.asarray(X)
+        key = hashlib.blake2b(np.ascontiguousarray(X).view(np.uint8), digest_size=16,
+                              person=str(X.shape).encode()[:16]).digest()
+        codes = self._codes.get(key)
+        if codes is None:
+            codes = self._codes[key] = self.estimator.transform(X)
+        return codes.copy()
 
     def fit_transform(self, X, y=None):
         return self.estimator.transform(X)

@@ -96,8 +96,7 @@ def _nav_ndim(signal) -> int:
 
 def _nonfinite_rows(signal) -> np.ndarray:
     """Flat boolean array (array order): True where a spectrum holds NaN or infinity."""
-    n = signal.axes_manager.signal_axes[0].size
-    rows = signal.data.reshape((-1, n))
+    rows = sio.rows_of(signal)
     if np.issubdtype(rows.dtype, np.integer):
         return np.zeros(rows.shape[0], dtype=bool)
     if sio.is_lazy(signal):
@@ -139,7 +138,8 @@ def _resolve_metric(metric: str, model, signal) -> str:
         return "deviance" if loss == "poisson" else "mse"
     from hyperspy_mlspec.estimators.base import looks_like_counts
 
-    sample = np.asarray(signal.data.reshape((-1, signal.axes_manager.signal_axes[0].size))[:256])
+    sample = sio.rows_of(signal)[:256]  # the first block only, when lazy
+    sample = np.asarray(sample.compute() if hasattr(sample, "compute") else sample)
     sample = sample[np.isfinite(sample).all(axis=1)]
     return "deviance" if looks_like_counts(sample) else "mse"
 
@@ -240,6 +240,9 @@ def _reconstruct(model, rows):
 
 
 
+_SCORE_BLOCK = 4096  # rows scored at a time in memory
+
+
 def _table_scores(model, table: sio.SpectraTable, metric: str,
                   smoothing: float = 0.0) -> np.ndarray:
     """Scores of the rows of a table, computed (navigation-sized) even for lazy tables."""
@@ -252,7 +255,10 @@ def _table_scores(model, table: sio.SpectraTable, metric: str,
         scores = da.map_blocks(_row_scores, rows, recon, metric, smoothing, drop_axis=1,
                                dtype=np.float64)
         return np.asarray(scores.compute(), dtype=np.float64)
-    return _row_scores(rows, recon, metric, smoothing)
+    # in blocks: the float64 temporaries of the deviance are ~10x the block's size
+    step = _SCORE_BLOCK
+    return np.concatenate([_row_scores(rows[i:i + step], recon[i:i + step], metric, smoothing)
+                           for i in range(0, len(rows), step)] or [np.empty(0)])
 
 
 def _default_epochs(n_rows: int) -> int:
@@ -298,7 +304,10 @@ def _prescreen(rows, n_components: int, seed: int = 0) -> np.ndarray:
     """
     rng = np.random.default_rng(seed)
     n = int(rows.shape[0])
-    idx = np.sort(rng.choice(n, size=min(n, 5000), replace=False))
+    # at most 5000 rows and 32 MiB of float64 (bounded memory for long spectra; the SVD and
+    # normalisation make several copies)
+    size = min(n, 5000, max(500, 2**22 // max(1, int(rows.shape[1]))))
+    idx = np.sort(rng.choice(n, size=size, replace=False))
     sample = rows[idx]
     sample = np.asarray(sample.compute() if hasattr(sample, "compute") else sample,
                         dtype=np.float64)
@@ -838,26 +847,33 @@ def _regions(signal, labels: np.ndarray, score: np.ndarray, model) -> list[Anoma
     n_regions = int(labels.max(initial=0))
     if not n_regions:
         return []
-    n_ch = signal.axes_manager.signal_axes[0].size
-    rows = signal.data.reshape((-1, n_ch))
+    rows = sio.rows_of(signal)
     flat = labels.ravel()
     units = tuple(str(ax.units) for ax in signal.axes_manager.navigation_axes)
     title = _title(signal)
     out = []
     for lab in range(1, n_regions + 1):
         idx = np.flatnonzero(flat == lab)
-        region_rows = rows[idx]
-        mean = region_rows.mean(axis=0)
-        mean = np.asarray(mean.compute() if hasattr(mean, "compute") else mean, np.float64)
-        residual = None
+        mean = rows[idx].astype(np.float64).mean(axis=0)
+        residual = mean_diff = None
         if model is not None:
             region_mask = (flat != lab).reshape(labels.shape)
             t = sio.table_for_model(signal, model, region_mask)
-            diff = np.asarray(t.rows, dtype=np.float64) if not t.lazy else \
-                np.asarray(t.rows.compute(), dtype=np.float64)
-            diff = diff - np.asarray(_reconstruct(model, diff.astype(np.float32)),
-                                     dtype=np.float64)
-            residual = _spectra_signal(signal, diff.mean(axis=0),
+            if t.lazy:  # streamed: only the channel-sized means are computed
+                recon = _reconstruct(model, t.rows)
+                mean_diff = (t.rows.astype(np.float64) - recon.astype(np.float64)).mean(axis=0)
+            else:
+                diff = np.asarray(t.rows, dtype=np.float64)
+                diff = diff - np.asarray(_reconstruct(model, diff.astype(np.float32)),
+                                         dtype=np.float64)
+                mean_diff = diff.mean(axis=0)
+        if hasattr(mean, "compute"):
+            import dask
+
+            mean, mean_diff = dask.compute(mean, mean_diff)
+        mean = np.asarray(mean, np.float64)
+        if mean_diff is not None:
+            residual = _spectra_signal(signal, np.asarray(mean_diff, np.float64),
                                        f"Mean residual of anomalous region {lab} ({title})",
                                        axis=t.axis)
         pos = np.unravel_index(idx, labels.shape)
@@ -1327,14 +1343,12 @@ def anomaly_files(paths: Sequence[str | Path], out_dir: str | Path, lazy: bool =
     --------
     >>> anomaly_files(["map.hspy"], "out", threshold="mad", k=6)  # doctest: +SKIP
     """
-    import hyperspy.api as hs
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = []
     for path in paths:
         path = Path(path)
-        loaded = hs.load(str(path), lazy=lazy)
+        loaded = sio.load(path, lazy=lazy)
         signals = loaded if isinstance(loaded, list) else [loaded]
         for i, s in enumerate(signals):
             stem = path.stem if len(signals) == 1 else f"{path.stem}_{i}"

@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -31,7 +32,7 @@ from typing import Any
 
 from hyperspy_mlspec import __version__
 
-__all__ = ["build_parser", "main"]
+__all__ = ["add_dask_options", "build_parser", "dask_scheduler", "main"]
 
 
 class CLIError(Exception):
@@ -68,14 +69,113 @@ def _position(text: str) -> float | str:
 
 
 def _file_options(parser: argparse.ArgumentParser) -> None:
-    """Options every per-file subcommand shares: inputs, output folder, --lazy, --seed."""
+    """Options every per-file subcommand shares: inputs, output folder, --lazy,
+    --scheduler, --seed."""
     parser.add_argument("files", nargs="+", metavar="FILE", help="input files")
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="DIR",
                         help="output folder (created if needed)")
-    parser.add_argument("--lazy", action="store_true",
-                        help="load lazily and stream the data (for files larger than memory)")
+    add_dask_options(parser)
     parser.add_argument("--seed", type=int, default=None, metavar="S",
                         help="random seed (reproducible results on CPU)")
+
+
+LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
+
+
+def add_dask_options(parser: argparse.ArgumentParser, lazy: bool = True) -> None:
+    """Add ``--lazy`` and ``--scheduler ADDRESS`` (plus ``--scheduler-timeout``) to a
+    subcommand's parser.
+
+    :func:`main` runs every handler inside :func:`dask_scheduler` for the parsed
+    ``--scheduler``, so a subcommand only has to call this and pass ``args.lazy`` on to
+    its loading code (e.g. :func:`hyperspy_mlspec.signal_io.load`).
+
+    Parameters
+    ----------
+    parser
+        The subcommand's parser.
+    lazy
+        Also add ``--lazy`` (False for commands that have their own).
+
+    Examples
+    --------
+    >>> p = argparse.ArgumentParser()
+    >>> add_dask_options(p)
+    >>> p.parse_args(["--lazy", "--scheduler", "tcp://10.0.0.5:8786"]).scheduler
+    'tcp://10.0.0.5:8786'
+    """
+    if lazy:
+        parser.add_argument("--lazy", action="store_true",
+                            help="load lazily and stream the data chunk by chunk (for files "
+                                 "larger than memory)")
+    parser.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS",
+        help="dask scheduler for lazy work: the address of a dask.distributed scheduler "
+             "(e.g. tcp://host:8786; workers must see the input files at the same paths), "
+             f"or one of {', '.join(LOCAL_SCHEDULERS)} (default: dask's threads)")
+    parser.add_argument("--scheduler-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="give up connecting to --scheduler after this long "
+                             "(default: 10)")
+
+
+@contextlib.contextmanager
+def dask_scheduler(address: str | None, timeout: float = 10.0):
+    """Use a dask scheduler for the duration of a command.
+
+    Parameters
+    ----------
+    address
+        None (dask's default), ``"threads"``, ``"processes"``, ``"synchronous"``, or the
+        address of a ``dask.distributed`` scheduler (``tcp://host:8786``, ``host:8786``): a
+        client is connected for the duration and closed afterwards.
+    timeout
+        Seconds to wait for the connection.
+
+    Yields
+    ------
+    distributed.Client or str or None
+
+    Raises
+    ------
+    CLIError
+        The address is malformed, ``distributed`` is missing, or the scheduler cannot be
+        reached in time (the message says how to start one).
+
+    Examples
+    --------
+    >>> with dask_scheduler("synchronous"):
+    ...     pass
+    """
+    import dask
+
+    if address is None:
+        yield None
+        return
+    if address in LOCAL_SCHEDULERS:
+        with dask.config.set(scheduler=address):
+            yield address
+        return
+    if ":" not in address:
+        raise CLIError(f"--scheduler {address!r} is neither a scheduler address "
+                       f"(tcp://host:port) nor one of {', '.join(LOCAL_SCHEDULERS)}")
+    try:
+        from distributed import Client
+    except ImportError:
+        raise CLIError("--scheduler ADDRESS needs the 'distributed' package "
+                       "(pip install distributed)") from None
+    try:
+        client = Client(address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise CLIError(
+            f"cannot connect to the dask scheduler at {address} within {timeout:g} s "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}). "
+            "Start one with 'dask scheduler' and 'dask worker ADDRESS', check the address "
+            "and port, or use --scheduler threads.") from None
+    try:
+        with dask.config.set(scheduler=client):
+            yield client
+    finally:
+        client.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a small map and few epochs: seconds instead of minutes")
     demo.add_argument("--seed", type=int, default=0, metavar="S",
                       help="seed of the data and of the autoencoders (default: 0)")
+    add_dask_options(demo, lazy=False)
+    demo.add_argument("--lazy", action="store_true",
+                      help="run the autoencoders on a lazy (dask) copy of the map, chunk by "
+                           "chunk, as on a file opened with hs.load(..., lazy=True)")
     demo.set_defaults(handler=_cmd_demo)
     _add_train_parser(sub)
     return parser
@@ -165,8 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_one(path: Path, lazy: bool, verbose: bool = False, single_ok: bool = False):
     """Load a single 1-D-signal spectrum image (or spectrum, with ``single_ok``), or raise
     :class:`CLIError`."""
-    import hyperspy.api as hs
-
     from hyperspy_mlspec import signal_io
 
     if not path.exists():
@@ -178,7 +280,7 @@ def _load_one(path: Path, lazy: bool, verbose: bool = False, single_ok: bool = F
     if not verbose:  # HyperSpy logs its own message for unreadable files; ours says it all
         hs_logger.setLevel(logging.CRITICAL)
     try:
-        s = hs.load(str(path), lazy=lazy)
+        s = signal_io.load(path, lazy=lazy)
     except Exception as exc:  # readers raise many types; the message is what matters
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CLIError(f"cannot read it: {msg}") from None
@@ -367,7 +469,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")  # a command-line run never opens windows
     from hyperspy_mlspec.report import DemoConfig, run_demo
 
-    config = DemoConfig.quick(seed=args.seed) if args.quick else DemoConfig(seed=args.seed)
+    config = (DemoConfig.quick(seed=args.seed, lazy=args.lazy) if args.quick
+              else DemoConfig(seed=args.seed, lazy=args.lazy))
     try:
         index = run_demo(args.out, config=config, log=print)
     except OSError as exc:
@@ -562,6 +665,7 @@ def _add_mae_parsers(sub) -> None:
     pre.add_argument("--lazy", action="store_true",
                      help="stream the files chunk by chunk instead of loading each whole "
                           "(for pools larger than memory)")
+    add_dask_options(pre, lazy=False)
     pre.add_argument("--seed", type=int, default=None, metavar="S",
                      help="random seed (reproducible results on CPU)")
     pre.set_defaults(handler=_cmd_pretrain)
@@ -711,8 +815,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_threads = torch.get_num_threads()
         torch.set_num_threads(args.threads)
         try:
-            with threadpool_limits(limits=args.threads):  # numpy's BLAS (PCA) alike
-                return args.handler(args)
+            with threadpool_limits(limits=args.threads), \
+                    dask_scheduler(getattr(args, "scheduler", None),
+                                   getattr(args, "scheduler_timeout", 10.0)):
+                return args.handler(args)  # numpy's BLAS (PCA) limited alike
+        except CLIError as exc:  # the scheduler could not be used: nothing was run
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130

@@ -223,7 +223,6 @@ def denoise_files(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike
     >>> os.path.basename(rows[0]["output"])
     'm_denoised.hspy'
     """
-    import hyperspy.api as hs
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -234,7 +233,7 @@ def denoise_files(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no such file: {path}")
-        loaded = hs.load(str(path), lazy=lazy)
+        loaded = sio.load(path, lazy=lazy)
         signals = loaded if isinstance(loaded, list) else [loaded]
         for i, s in enumerate(signals):
             if s.axes_manager.signal_dimension != 1:
@@ -246,14 +245,25 @@ def denoise_files(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike
             t0 = time.perf_counter()
             est = model if model is not None else fit_denoiser(
                 s, noise, show_progressbar=show_progressbar, **estimator_params)
-            denoised, stats = denoise_signal(s, est, residual_statistics=True)
-            denoised.save(str(target), overwrite=True)
-            chi2 = stats["chi2_per_channel"].data
-            total_in, total_out = s.data.sum(), denoised.data.sum()
-            if lazy:
+            lazy_s = sio.is_lazy(s)
+            if lazy_s:
+                denoised = denoise_signal(s, est)
+            else:
+                denoised, stats = denoise_signal(s, est, residual_statistics=True)
+            sio.save(denoised, str(target), overwrite=True)
+            if lazy_s:
+                # statistics from the file just written: one more read of the data, but no
+                # second inference pass (the lazy result was streamed to disk, not kept)
                 import dask
 
-                chi2, total_in, total_out = dask.compute(chi2, total_in, total_out)
+                saved = sio.load(target, lazy=True)
+                rows_in = sio.table_for_model(s, est).rows
+                rows_out = sio.rows_of(saved).rechunk((rows_in.chunks[0], -1))
+                _, chi2 = normalized_residuals(rows_in, rows_out, est.conserves_counts_)
+                chi2, total_in, total_out = dask.compute(chi2, s.data.sum(), saved.data.sum())
+            else:
+                chi2 = stats["chi2_per_channel"].data
+                total_in, total_out = s.data.sum(), denoised.data.sum()
             model_file = None
             if save_models and model is None:
                 model_file = out_dir / f"{stem}{suffix}.mlspec"

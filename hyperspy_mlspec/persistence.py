@@ -53,8 +53,11 @@ def _checksum(config_json: str, tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_model(estimator, path: str | os.PathLike) -> Path:
+def save_model(estimator, path: str | os.PathLike | None) -> Path | bytes:
     """Write a fitted estimator to ``path`` (see the module docstring).
+
+    With ``path=None`` the file content is returned as bytes instead (what
+    :mod:`hyperspy_mlspec.engine.remote` ships to dask workers).
 
     Examples
     --------
@@ -69,7 +72,7 @@ def save_model(estimator, path: str | os.PathLike) -> Path:
     """
     import hyperspy
     import sklearn
-    from safetensors.torch import save_file
+    from safetensors.torch import save, save_file
 
     from hyperspy_mlspec import __version__
 
@@ -90,9 +93,11 @@ def save_model(estimator, path: str | os.PathLike) -> Path:
                      "numpy": np.__version__},
     }
     config_json = json.dumps(config, default=float)
+    metadata = {"config": config_json, "sha256": _checksum(config_json, tensors)}
+    if path is None:
+        return save(tensors, metadata=metadata)
     path = Path(path)
-    save_file(tensors, str(path), metadata={"config": config_json,
-                                            "sha256": _checksum(config_json, tensors)})
+    save_file(tensors, str(path), metadata=metadata)
     return path
 
 
@@ -128,6 +133,40 @@ def load_model(path: str | os.PathLike):
     except Exception as exc:
         raise ValueError(f"{path} is not a readable hyperspy_mlspec model file (truncated or "
                          f"another format): {exc}") from None
+    return _from_parts(meta, tensors, str(path))
+
+
+def model_from_bytes(data: bytes, where: str = "model bytes"):
+    """Load an estimator from the bytes of a model file (``save_model(est, None)``).
+
+    Same checks as :func:`load_model`; used on dask workers, where the model arrives as
+    weights plus JSON config, never as a pickled object.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hyperspy_mlspec import AutoencoderDecomposition
+    >>> X = np.random.default_rng(0).poisson(5, (100, 16)).astype(float)
+    >>> ae = AutoencoderDecomposition(2, epochs=2, show_progressbar=False).fit(X)
+    >>> model_from_bytes(save_model(ae, None)).n_components
+    2
+    """
+    import struct
+
+    from safetensors.torch import load
+
+    try:
+        n_header = struct.unpack("<Q", data[:8])[0]
+        meta = json.loads(data[8:8 + n_header]).get("__metadata__") or {}
+        tensors = load(bytes(data))
+    except Exception as exc:
+        raise ValueError(f"{where} are not a readable hyperspy_mlspec model file: "
+                         f"{exc}") from None
+    return _from_parts(meta, tensors, where)
+
+
+def _from_parts(meta: dict, tensors: dict, path: str):
+    """Check and rebuild an estimator from a model file's header metadata and tensors."""
     if "config" not in meta:
         raise ValueError(f"{path} is a safetensors file but not a hyperspy_mlspec model "
                          "(no config in its header)")

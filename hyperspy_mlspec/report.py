@@ -57,6 +57,10 @@ class DemoConfig:
         RMS energy jitter in eV (:func:`~hyperspy_mlspec.data.eels_map`).
     seed
         Seed of the data and of the autoencoders.
+    lazy
+        Fit and apply the autoencoders on a lazy (dask) copy of the map, streamed chunk by
+        chunk as a file opened with ``hs.load(..., lazy=True)`` would be (the PCA baseline
+        stays in memory).
     """
 
     navigation_shape: tuple[int, int] = (64, 64)
@@ -66,12 +70,13 @@ class DemoConfig:
     epochs: int | str = "auto"
     drift: float = 0.3
     seed: int = 0
+    lazy: bool = False
 
     @classmethod
-    def quick(cls, seed: int = 0) -> DemoConfig:
+    def quick(cls, seed: int = 0, lazy: bool = False) -> DemoConfig:
         """A small configuration that runs in a few seconds (tests, smoke checks)."""
         return cls(navigation_shape=(16, 16), n_channels=128, dose=20.0, n_components=3,
-                   epochs=30, seed=seed)
+                   epochs=30, seed=seed, lazy=lazy)
 
 
 @dataclass
@@ -136,7 +141,11 @@ def reconstruction_errors(reconstruction: np.ndarray, truth: np.ndarray) -> dict
 
 # -- running ---------------------------------------------------------------------------------
 def _fit_autoencoder(s, decoder: str, cfg: DemoConfig, show_progressbar: bool | None):
-    work = s.deepcopy()
+    if cfg.lazy:  # chunks of a few rows, as a lazily opened file has
+        work = s.as_lazy()
+        work.data = work.data.rechunk((max(1, s.data.shape[0] // 8), -1, -1))
+    else:
+        work = s.deepcopy()
     t0 = time.perf_counter()
     ae = work.mlspec.decomposition(n_components=cfg.n_components, decoder=decoder,
                                    epochs=cfg.epochs, random_state=cfg.seed,
@@ -331,7 +340,9 @@ def _summary_lines(context: dict, results: list[MethodResult]) -> list[str]:
         f"Every method keeps K = {cfg['n_components']} components. PCA: HyperSpy's "
         "`s.decomposition(normalize_poissonian_noise=True, svd_solver=\"full\")`. "
         f"Autoencoders: `s.mlspec.decomposition`, {epochs} with early stopping, device "
-        f"{context['device']} ({threads} torch thread{'s' if threads > 1 else ''}).",
+        f"{context['device']} ({threads} torch thread{'s' if threads > 1 else ''})"
+        + (", fitted and applied on a lazy (dask) copy of the map, chunk by chunk."
+           if cfg.get("lazy") else "."),
         f"Lowest Poisson-normalised error: **{best.name}** ({best.poisson_error:.4g}; "
         f"{versus}the noisy data themselves {context['noisy_poisson_error']:.3g}).",
         f"Total run time {context['total_seconds']:.0f} s; hyperspy_mlspec "

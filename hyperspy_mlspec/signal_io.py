@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,14 +157,45 @@ def signal_channels(signal, signal_mask=None, signal_range=None) -> np.ndarray |
     return None if keep.all() else np.flatnonzero(keep)
 
 
+def lazy_row_chunks(data, nav_ndim: int):
+    """Rechunk a lazy ``nav + (channels,)`` array so that flattening the navigation gives
+    row blocks of about the current chunk size.
+
+    The signal axis becomes one chunk (a block holds whole spectra). Flattening in array
+    order needs every navigation axis after the first to be whole within a block, so the
+    first axis is chunked to keep about as many spectra per block as the largest current
+    chunk (at least one line of the map). Without this, dask's reshape would merge chunks
+    into blocks of whole map lines times the chunk height, or more.
+    """
+    if nav_ndim <= 1:
+        return data.rechunk({data.ndim - 1: -1}) if len(data.chunks[-1]) > 1 else data
+    per_block = max(int(np.prod([max(c) for c in data.chunks[:nav_ndim]], dtype=np.int64)), 1)
+    inner = int(np.prod(data.shape[1:nav_ndim], dtype=np.int64))
+    lead = max(1, per_block // max(inner, 1))
+    whole = all(len(c) == 1 for c in data.chunks[1:])
+    if whole and max(data.chunks[0]) <= lead:
+        return data
+    return data.rechunk((lead,) + (-1,) * (data.ndim - 1))
+
+
+def rows_of(signal):
+    """All spectra of a 1-D-signal signal as a 2-D ``(n_navigation, n_channels)`` array
+    (navigation flattened in array order); lazy signals give bounded row blocks (see
+    :func:`lazy_row_chunks`)."""
+    am = signal.axes_manager
+    data = signal.data
+    if is_lazy(signal):
+        data = lazy_row_chunks(data, am.navigation_dimension)
+    return data.reshape((-1, am.signal_axes[0].size))
+
+
 def table(signal, navigation_mask=None, signal_mask=None, signal_range=None,
           check_finite: bool = True) -> SpectraTable:
     """Rows of ``signal`` for fitting or applying a model (see :class:`SpectraTable`)."""
     check_signal(signal)
     am = signal.axes_manager
     nav_shape = tuple(signal.data.shape[: am.navigation_dimension])
-    n_channels = am.signal_axes[0].size
-    rows = signal.data.reshape((-1, n_channels))
+    rows = rows_of(signal)
     nav_flat = navigation_mask_array(signal, navigation_mask)
     channels = signal_channels(signal, signal_mask, signal_range)
     lazy = is_lazy(signal)
@@ -173,7 +205,8 @@ def table(signal, navigation_mask=None, signal_mask=None, signal_range=None,
     if channels is not None:
         rows = rows[:, channels]
     if lazy:
-        rows = rows.rechunk({1: -1})
+        if len(rows.chunks[1]) > 1:
+            rows = rows.rechunk({1: -1})
     elif check_finite:
         check_finite_rows(rows, nav_index)
     return SpectraTable(rows, nav_index, nav_shape, channels,
@@ -290,3 +323,150 @@ def navigation_image(signal, data, title: str, quantity: str | None = None):
     if quantity:
         out.metadata.set_item("Signal.quantity", quantity)
     return out
+
+
+# -- files ----------------------------------------------------------------------------------
+class HDF5Slicer:
+    """Array-like view of an HDF5 dataset given by file name and dataset path.
+
+    Unlike an open ``h5py.Dataset`` it pickles (as its file name and path), so dask graphs
+    built on it run on worker processes and ``dask.distributed`` clusters that see the same
+    file system. Each process opens the file once, read-only.
+    """
+
+    _files: dict = {}
+    _lock = threading.Lock()
+
+    def __init__(self, filename: str, name: str, shape: tuple, dtype) -> None:
+        self.filename, self.name = str(filename), str(name)
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
+
+    def __reduce__(self):
+        return (HDF5Slicer, (self.filename, self.name, self.shape, self.dtype.str))
+
+    def __getitem__(self, index):
+        import h5py
+
+        with HDF5Slicer._lock:
+            f = HDF5Slicer._files.get(self.filename)
+            if f is None or not f.id.valid:
+                f = HDF5Slicer._files[self.filename] = h5py.File(self.filename, "r")
+            return f[self.name][index]
+
+
+def portable(signal):
+    """Make a lazy signal read from an HDF5 file (``.hspy``, ``.h5``...) usable on worker
+    processes: its dask array reads through :class:`HDF5Slicer` (same chunks) instead of
+    holding the open, unpicklable ``h5py`` dataset. Other signals are returned unchanged.
+    The signal is changed in place (only ``signal.data``; values are identical) and returned.
+    """
+    if not is_lazy(signal):
+        return signal
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - h5py comes with HyperSpy
+        return signal
+    import dask.array as da
+
+    data = signal.data
+    graph = dict(data.__dask_graph__())
+    sources = [v for v in graph.values() if isinstance(v, h5py.Dataset)]
+    if len(sources) != 1 or sources[0].shape != data.shape:
+        return signal  # derived arrays: leave them as they are
+    dset = sources[0]
+    slicer = HDF5Slicer(dset.file.filename, dset.name, dset.shape, dset.dtype)
+    signal.data = da.from_array(slicer, chunks=data.chunks, name=f"hdf5-{data.name}",
+                                asarray=True)
+    return signal
+
+
+def load(path, lazy: bool = False, **kwargs: Any):
+    """``hyperspy.api.load`` with clear errors for command-line and batch work.
+
+    Lazily loaded HDF5-based files are made :func:`portable` (they then also run on
+    ``dask.distributed`` worker processes).
+
+    Parameters
+    ----------
+    path
+        A file HyperSpy reads.
+    lazy
+        Open lazily (data stay on disk and are read chunk by chunk).
+    **kwargs
+        Passed to ``hyperspy.api.load``.
+
+    Returns
+    -------
+    BaseSignal or list of BaseSignal
+
+    Raises
+    ------
+    ValueError
+        When the file's format cannot be read lazily, saying what to do instead.
+
+    Examples
+    --------
+    >>> s = load("map.hspy", lazy=True)  # doctest: +SKIP
+    """
+    import hyperspy.api as hs
+
+    try:
+        loaded = hs.load(str(path), lazy=lazy, **kwargs)
+    except NotImplementedError as exc:
+        if not lazy:
+            raise
+        raise ValueError(
+            f"{path}: this file format cannot be read lazily ({exc}). Load it without "
+            "lazy=True / --lazy if it fits in memory, or convert it once to a format that "
+            "can (e.g. hs.load(path).save('file.hspy', chunks=...), or .zspy), then work "
+            "on that file.") from None
+    if lazy:
+        for s in loaded if isinstance(loaded, list) else [loaded]:
+            portable(s)
+    return loaded
+
+
+def _distributed_client():
+    """The dask.distributed client computations currently go to, or None."""
+    import dask
+
+    scheduler = dask.config.get("scheduler", None)
+    if hasattr(scheduler, "submit"):  # a Client given as the scheduler
+        return scheduler
+    if scheduler not in (None, "dask.distributed"):
+        return None
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def save(signal, path, **kwargs: Any) -> None:
+    """``signal.save(path, **kwargs)`` that also works for lazy results computed on a
+    ``dask.distributed`` cluster.
+
+    HyperSpy writes lazy data with ``dask.array.store`` into an open HDF5 dataset, which
+    cannot travel to worker processes. With a distributed client active, each block is
+    computed on the cluster and written here, one block at a time (memory stays bounded by
+    the block size). Otherwise this is plain ``signal.save``.
+    """
+    client = _distributed_client() if is_lazy(signal) else None
+    if client is None:
+        signal.save(path, **kwargs)
+        return
+    import dask
+    import dask.array as da
+
+    remote = signal.data
+
+    def fetch(block_id=None):
+        return client.compute(remote.blocks[block_id]).result()
+
+    local = signal._deepcopy_with_new_data(
+        da.map_blocks(fetch, chunks=remote.chunks, dtype=remote.dtype,
+                      meta=np.empty((0,) * remote.ndim, remote.dtype)))
+    local.metadata.General.title = signal.metadata.General.title
+    with dask.config.set(scheduler="threads"):
+        local.save(path, **kwargs)

@@ -9,6 +9,7 @@ ends with an underscore.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -26,6 +27,13 @@ from hyperspy_mlspec.engine.normalization import KINDS
 from hyperspy_mlspec.engine.sources import DaskSource, RowSource
 
 _STAT_ROWS = 20_000  # rows sampled for data statistics (normalisation, variances)
+_STAT_VALUES = 2**24  # ... but at most 64 MiB of float32: initialisation makes a few copies
+
+
+def stat_rows(n_features: int) -> int:
+    """Rows sampled for data statistics: ``_STAT_ROWS``, fewer for very long spectra so
+    that memory stays bounded (4096 rows of 4096 channels)."""
+    return int(min(_STAT_ROWS, max(1000, _STAT_VALUES // max(1, n_features))))
 
 
 def is_dask(X: Any) -> bool:
@@ -173,7 +181,7 @@ class SpectralEstimator(BaseEstimator):
             raise ValueError("Found 0 spectra: at least one is required to fit.")
         rng = np.random.default_rng(seed)
         source.check = None
-        sample = source.sample(_STAT_ROWS, rng)
+        sample = source.sample(stat_rows(source.n_features), rng)
         self._resolve_from_sample(sample)
         self.device_ = str(resolve_device(self.device))
         with torch.random.fork_rng(devices=[]):
@@ -270,17 +278,31 @@ class SpectralEstimator(BaseEstimator):
         return self
 
     # -- inference --------------------------------------------------------------------------
-    def _map_rows(self, X: Any, fn: Callable[[torch.Tensor], torch.Tensor], n_out: int,
+    def _map_rows(self, X: Any, fn: str | Callable[[torch.Tensor], torch.Tensor], n_out: int,
                   reset_check: bool = True):
-        """Apply ``fn`` (float32 tensor -> tensor) over rows; dask in gives dask out."""
+        """Apply an inference method (float32 tensor -> tensor) over rows.
+
+        ``fn`` is a method of this estimator: its name, the bound method, or a
+        ``functools.partial`` of it with keyword arguments. Numpy in gives numpy out. Dask in
+        gives dask out: one task per navigation chunk (the signal axis rechunked to one
+        chunk), each calling a :class:`~hyperspy_mlspec.engine.remote.RowFunction` that holds
+        the model's weights (a snapshot taken now), so the graph runs unchanged on worker
+        processes and ``dask.distributed`` clusters.
+        """
+        from hyperspy_mlspec.engine.remote import ModelPayload, RowFunction, method_spec
+
         check_is_fitted(self, "module_")
+        name, kwargs = method_spec(self, fn)
         if is_dask(X):
             if X.ndim != 2:
                 raise ValueError(f"Expected a 2-D array, got shape {X.shape}.")
-            X = X.rechunk({1: -1})
-            return X.map_blocks(lambda b: self._apply_numpy(np.asarray(b), fn),
-                                chunks=(X.chunks[0], (n_out,)), dtype=np.float32)
-        return self._apply_numpy(X, fn)
+            if len(X.chunks[1]) > 1:  # a block must hold whole spectra
+                X = X.rechunk({1: -1})
+            block_fn = RowFunction(ModelPayload.from_estimator(self), name, n_out, **kwargs)
+            return X.map_blocks(block_fn, chunks=(X.chunks[0], (n_out,)), dtype=np.float32,
+                                name=f"mlspec-{name.strip('_')}")
+        method = getattr(self, name)
+        return self._apply_numpy(X, functools.partial(method, **kwargs) if kwargs else method)
 
     def _apply_numpy(self, X: np.ndarray, fn, batch: int = 4096) -> np.ndarray:
         out = []

@@ -9,7 +9,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from hyperspy_mlspec.engine.losses import gaussian_loss, poisson_deviance
 from hyperspy_mlspec.engine.sources import RowSource
-from hyperspy_mlspec.estimators.base import _STAT_ROWS, SpectralEstimator
+from hyperspy_mlspec.estimators.base import SpectralEstimator, stat_rows
 from hyperspy_mlspec.models import SpectralAutoencoder, default_hidden_sizes
 
 
@@ -162,7 +162,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
     def _after_fit(self, source: RowSource) -> None:
         """Sort latent dimensions by explained variance and derive ``components_``."""
         rng = np.random.default_rng(0)
-        sample = source.sample(_STAT_ROWS, rng)
+        sample = source.sample(stat_rows(source.n_features), rng)
         loadings = self._encode(sample)
         self.typical_scale_ = float(np.median(self._row_scale(sample)))
         ev = self._component_variances(sample, loadings)
@@ -207,6 +207,9 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
     def _decode_tensor(self, loadings: torch.Tensor) -> torch.Tensor:
         c = torch.as_tensor(self.normalizer_.channel_scale, device=loadings.device)
         return self.module_.decode(loadings) * c
+
+    def _reconstruct_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        return self._decode_tensor(self._encode_tensor(x))
 
     def _encode(self, X: np.ndarray) -> np.ndarray:
         return self._apply_numpy(X, self._encode_tensor)
@@ -255,8 +258,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         ndarray or dask array of the shape of ``X``
         """
         X = self._validate_transform_input(X)
-        return self._map_rows(X, lambda x: self._decode_tensor(self._encode_tensor(x)),
-                              self.n_features_in_)
+        return self._map_rows(X, self._reconstruct_tensor, self.n_features_in_)
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
         """Draw spectra from the prior of a variational model, at the typical intensity.

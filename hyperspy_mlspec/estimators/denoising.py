@@ -35,6 +35,7 @@ Noise models
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import numpy as np
@@ -475,12 +476,16 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
         if not is_dask(X) and np.asarray(X).min() < 0:
             raise ValueError("uncertainty() needs non-negative counts.")
 
-        def std(x: torch.Tensor) -> torch.Tensor:
-            draws = torch.stack([2.0 * self._predict(half) for half in
-                                 _halves(x, int(n_resamples), seed=int(random_state))])
-            return draws.std(0)
+        return self._map_rows(X, functools.partial(self._uncertainty_tensor,
+                                                   n_resamples=int(n_resamples),
+                                                   random_state=int(random_state)),
+                              self.n_features_in_)
 
-        return self._map_rows(X, std, self.n_features_in_)
+    def _uncertainty_tensor(self, x: torch.Tensor, n_resamples: int,
+                            random_state: int) -> torch.Tensor:
+        draws = torch.stack([2.0 * self._predict(half) for half in
+                             _halves(x, n_resamples, seed=random_state)])
+        return draws.std(0)
 
     # -- persistence ------------------------------------------------------------------------
     def _fitted_config(self) -> dict:
