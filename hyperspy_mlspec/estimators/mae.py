@@ -24,6 +24,7 @@ is removed, while small edges stay visible next to a decade-spanning background)
 from __future__ import annotations
 
 import copy
+import functools
 import glob
 import math
 import numbers
@@ -614,15 +615,27 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
     def _apply_numpy(self, X: np.ndarray, fn, batch: int = 512) -> np.ndarray:
         return super()._apply_numpy(X, fn, batch=batch)
 
-    def _embed_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        module = self.module_
+    @staticmethod
+    def _check_finite(x: torch.Tensor) -> None:
+        if not torch.isfinite(x).all():
+            raise ValueError("Input contains NaN or infinity: exclude those spectra "
+                             "(navigation_mask) or replace the values first.")
 
-        def fn(x: torch.Tensor) -> torch.Tensor:
-            if not torch.isfinite(x).all():
-                raise ValueError("Input contains NaN or infinity: exclude those spectra "
-                                 "(navigation_mask) or replace the values first.")
-            return module.embed(x)
-        return fn
+    # inference methods: _map_rows ships them to dask workers by name, with the weights
+    def _embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_finite(x)
+        return self.module_.embed(x)
+
+    def _probe_tensor(self, x: torch.Tensor, what: str = "predict") -> torch.Tensor:
+        self._check_finite(x)
+        task = self.probe_["task"]
+        out = self._probe_net.output(x, task)
+        if task != "classification":
+            return out
+        proba = torch.softmax(out, dim=1)
+        if what == "predict_proba":
+            return proba
+        return proba.argmax(1, keepdim=True).float()
 
     def _rows(self, X, navigation_mask=None):
         """``(rows on the model grid, SpectraTable or None)`` for a signal or an array."""
@@ -655,7 +668,7 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         ndarray or dask array
         """
         rows, _ = self._rows(X, navigation_mask)
-        return self._map_rows(rows, self._embed_fn(), self.embed_dim)
+        return self._map_rows(rows, self._embed_tensor, self.embed_dim)
 
     def embed(self, signal, navigation_mask=None):
         """Embedding per pixel as a Signal1D (signal axis ``"embedding"``).
@@ -673,7 +686,7 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             Navigation axes of ``signal``; recorded in ``metadata.MLSpec``.
         """
         rows, t = self._rows(signal, navigation_mask)
-        codes = t.scatter(self._map_rows(rows, self._embed_fn(), self.embed_dim))
+        codes = t.scatter(self._map_rows(rows, self._embed_tensor, self.embed_dim))
         out = sio.vector_signal(signal, codes, "MAE embedding of "
                                 f"{signal.metadata.General.title}", "embedding")
         sio.record(out, "embed", model=type(self).__name__, embed_dim=int(self.embed_dim),
@@ -780,7 +793,7 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             task = "classification" if y.ndim == 1 and np.all(y == np.round(y)) \
                 else "regression"
         seed = self._seed() if random_state is None else int(random_state)
-        emb = self._apply_numpy(rows, self._embed_fn()).astype(np.float64)
+        emb = self._apply_numpy(rows, self._embed_tensor).astype(np.float64)
         mean, scale = emb.mean(0), emb.std(0)
         scale = np.where(scale > 1e-8, scale, 1.0)
         z = (emb - mean) / scale
@@ -874,24 +887,12 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         if getattr(self, "_probe_net", None) is None:
             raise ValueError("no few-label head: call fit_probe(X, y) first")
         rows, t = self._rows(X, navigation_mask)
-        net, task = self._probe_net, self.probe_["task"]
+        task = self.probe_["task"]
         if what in ("predict_proba",) and task != "classification":
             raise ValueError("predict_proba needs a classification head")
-
-        def fn(x: torch.Tensor) -> torch.Tensor:
-            if not torch.isfinite(x).all():
-                raise ValueError("Input contains NaN or infinity: exclude those spectra "
-                                 "(navigation_mask) or replace the values first.")
-            out = net.output(x, task)
-            if task != "classification":
-                return out
-            proba = torch.softmax(out, dim=1)
-            if what == "predict_proba":
-                return proba
-            return proba.argmax(1, keepdim=True).float()
         n_out = (len(self.probe_["classes"]) if what == "predict_proba"
                  else (1 if task == "classification" else self.probe_["n_targets"]))
-        out = self._map_rows(rows, fn, n_out)
+        out = self._map_rows(rows, functools.partial(self._probe_tensor, what=what), n_out)
         return out, t
 
     def predict(self, X, *, navigation_mask=None):
