@@ -69,6 +69,22 @@ def test_inference_and_anomaly_map_on_cluster_equal_local(client, data):
     assert all(n <= 2 for n in builds.values()), builds
 
 
+def test_mae_embedding_and_probe_on_cluster_equal_local(client, data):
+    s, lazy, _, _ = data
+    mae = hyperspy_mlspec.MaskedAutoencoder(64, 16, embed_dim=16, depth=1, heads=2,
+                                            decoder_dim=8, decoder_depth=1, decoder_heads=2,
+                                            epochs=2, random_state=0,
+                                            show_progressbar=False).fit(s)
+    labels = (np.arange(80) % 2).reshape(8, 10)
+    mae.fit_probe(s, labels)
+    with dask.config.set(scheduler="threads"):
+        local = [lazy.mlspec.embed(mae).data.compute(), mae.predict(lazy).data.compute()]
+    with on(client):
+        remote = [lazy.mlspec.embed(mae).data.compute(), mae.predict(lazy).data.compute()]
+    for got, want in zip(remote, local, strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-5)
+
+
 def test_anomaly_map_with_fitting_runs_on_cluster(client, data):
     s, lazy, _, _ = data
     with on(client):
