@@ -49,10 +49,10 @@ def test_pretrain_on_a_glob_then_embed(folder, tmp_path, monkeypatch, capsys):
     assert main(["embed", str(model), str(folder / "a.hspy"), str(folder / "c.hspy"),
                  "--out", str(tmp_path / "emb")]) == 0
     emb = hs.load(tmp_path / "emb" / "a_embedding.hspy")
-    assert emb.data.shape == (6, 6, 16)
+    assert emb.data.shape == (6, 6, 4 * 16)  # 4 patches -> 4 segments (n_segments="auto")
     assert emb.axes_manager.signal_axes[0].name == "embedding"
     np.testing.assert_allclose(emb.data, mae.embed(hs.load(folder / "a.hspy")).data, atol=1e-5)
-    assert hs.load(tmp_path / "emb" / "c_embedding.hspy").data.shape == (16,)
+    assert hs.load(tmp_path / "emb" / "c_embedding.hspy").data.shape == (4 * 16,)
 
 
 def test_pretrain_checkpoint_and_resume(folder, tmp_path, monkeypatch, capsys):
