@@ -30,7 +30,11 @@ own:
 * constant predictors (majority class, mean target) as the floor;
 * "pooling=mean": the same pretrained encoder with its patch tokens averaged over all
   patches (the estimator's ``pooling="mean"``) instead of per energy segment (the
-  default), linear probe; no extra pretraining, pooling has no weights.
+  default), linear probe; no extra pretraining, pooling has no weights;
+* control "without pretraining": the same architecture after a single optimiser step
+  (``partial_fit`` on 256 pool spectra, batch 256), i.e. essentially its random
+  initialisation, with the default segment pooling and linear probe: what pretraining adds
+  over random features of the same shape.
 
 Also measured: pretraining throughput (spectra/s and fraction of this machine's measured
 float32 matmul rate, from the network's analytic FLOPs) and embedding throughput.
@@ -72,6 +76,7 @@ TITLE = "MAE few-label benchmark (issue 5)"
 MODULE = "benchmarks.bench_mae"
 TASKS = ("classification", "regression")
 MEAN_POOLING = "MAE [pooling=mean, same encoder] linear probe"
+UNTRAINED = "MAE encoder without pretraining (1 step), linear probe"
 
 
 @dataclass(frozen=True)
@@ -433,6 +438,14 @@ def findings(results: dict, mae_info: dict, mae_methods: Sequence[str], pca: str
             + ("it helps here." if min(d_acc, d_r2) > 0 and not inside
                else "it hurts here." if max(d_acc, d_r2) < 0 and not inside
                else "no clear gain over the linear probe it starts from."))
+    if UNTRAINED in results:
+        u_acc = _mean(results, UNTRAINED, "classification", "acc")
+        u_r2 = _mean(results, UNTRAINED, "regression", "r2")
+        lines.append(
+            f"- Without pretraining (the same architecture after one optimiser step, segment "
+            f"pooling, linear probe) the embedding gives {u_acc:.1f} % / R^2 {u_r2:.1f}: "
+            f"pretraining adds {acc[head] - u_acc:+.1f} accuracy and {r2[head] - u_r2:+.1f} "
+            "R^2 points over random features of the same shape.")
     if MEAN_POOLING in results:
         lines.append(
             f"- The same pretrained encoder with `pooling=\"mean\"` (tokens averaged over all "
@@ -485,6 +498,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,...]",
                         help="also pretrain an MAE with these parameters (a labelled extra "
                              "row), e.g. --variant mask_ratio=0.5 --variant norm_pix_loss=True")
+    parser.add_argument("--save-model", default=None, metavar="FILE.mlspec",
+                        help="also save the headline pretrained MAE (to study heads later "
+                             "without pretraining again)")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     setup = QUICK if args.quick else FULL
@@ -495,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
+    from hyperspy_mlspec import MaskedAutoencoder
     from hyperspy_mlspec.data import labelled_spectra
 
     hs.preferences.General.show_progressbar = False
@@ -578,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         peaks.append(matmul_peak_gflops())
         loads.append(load_average())
         pinfo["embed"] = embed_rate(mae, test.spectra)
+        if label == "MAE" and args.save_model:
+            mae.save(args.save_model)
         mae_info[label] = pinfo
         print(f"  {pinfo['seconds']:.0f} s, {pinfo['rate']:.0f} spectra/s (best epoch "
               f"{pinfo['best_rate']:.0f}), {pinfo['train_flops'] / 1e6:.0f} MFLOP/spectrum; "
@@ -603,6 +622,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                                   y_lab[task][idx], test.spectra)
                     record(MEAN_POOLING, task, pred, extra)
             del mean_mae
+            # control: (almost) random encoder weights, same pooling and head
+            raw = MaskedAutoencoder(**{**params, "batch_size": 256,
+                                       "partial_fit_epochs": 1}).partial_fit(pool.spectra[:256])
+            mae_methods.append(UNTRAINED)
+            for idx in draws.values():
+                for task in TASKS:
+                    pred, extra = mae_fit_predict(raw, "linear", task, lab.spectra[idx],
+                                                  y_lab[task][idx], test.spectra)
+                    record(UNTRAINED, task, pred, extra)
+            del raw
         if label == "MAE":  # reference: linear probe with every label of the labelled pool
             for task in TASKS:
                 pred, extra = mae_fit_predict(mae, "linear", task, lab.spectra, y_lab[task],
@@ -640,7 +669,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                           "train MFLOP / spectrum", "% matmul peak", "CPU share",
                           "embed spectra/s", "embedding dim", "train loss first → last"],
                          thr_rows)
-    verdict = claim(results, [m for m in mae_methods if m.startswith("MAE ")])
+    verdict = claim(results, [m for m in mae_methods if m.startswith("MAE ") and m != UNTRAINED])
     pca_name = f"PCA({setup.pca_components}) + logistic / ridge"
     steps_per_epoch = math.ceil(setup.n_pool * 0.95 / 256)
     reading = findings(results, mae_info, mae_methods, pca_name, len(all_idx),

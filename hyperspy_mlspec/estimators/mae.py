@@ -857,7 +857,7 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             folds = int(np.bincount(target[seen]).min())
             if C == "auto" and folds >= 2:
                 clf = LogisticRegressionCV(Cs=np.logspace(-3, 3, 7), cv=min(5, folds),
-                                           max_iter=5000)
+                                           scoring="accuracy", max_iter=5000)
             else:
                 clf = LogisticRegression(C=1.0 if C == "auto" else float(C), max_iter=5000)
             with warnings.catch_warnings():  # sklearn 1.9 announces a change of C_'s shape
