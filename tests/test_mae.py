@@ -425,6 +425,23 @@ def test_lora_probe_regression_on_fractions(fitted, eels):
     assert np.isnan(masked.data[0]).all() and np.isfinite(masked.data[1:]).all()
 
 
+def test_lora_keeps_its_linear_start_when_training_only_hurts_the_held_out_labels(fitted,
+                                                                                  eels):
+    s, truth = eels
+    X = s.data.reshape(-1, C)[:100]
+    y = truth.abundances.reshape(-1, truth.abundances.shape[-1])[:100, 2]
+    # a learning rate of 50 wrecks the head and adapters in the first epoch
+    mae = copy.deepcopy(fitted).fit_probe(X, y, head="lora", epochs=2, learning_rate=50.0)
+    history = mae.probe_["history"]
+    assert history[0]["epoch"] == -1 and history[0]["kept"]
+    assert history[0]["val_loss"] < min(h["val_loss"] for h in history[1:])
+    # the start: adapters B at zero, i.e. the encoder unchanged, and the linear probe
+    for layer in lora_layers(mae._probe_net):
+        assert not layer.lora_B.any()
+    start = copy.deepcopy(fitted).fit_probe(X, y, head="lora", epochs=2, learning_rate=0.0)
+    np.testing.assert_allclose(mae.predict(X), start.predict(X), atol=1e-5)
+
+
 # -- bad input ------------------------------------------------------------------------------
 def test_too_few_channels_for_the_patch_layout_is_refused():
     coarse = np.random.default_rng(0).poisson(5, (20, 6)).astype(float)

@@ -926,11 +926,31 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             return torch.nn.functional.mse_loss(out, batch[:, c:])
         params = [p for p in net.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=learning_rate, weight_decay=1e-4)
+        held_out = validation_rows(np.arange(n), fraction, seed)  # the source's split
+        start_loss, start_state = None, None
+        if held_out.any():
+            # the linear probe LoRA starts from is a candidate too: the engine's early
+            # stopping only compares states after whole epochs, so with 100 labels a first
+            # epoch that hurts would otherwise be kept over the better start
+            start_loss = self._held_out_loss(net, step, data[held_out])
+            start_state = copy.deepcopy(net.state_dict())
         result = train(net, step, source, epochs=int(epochs), batch_size=batch_size,
                        patience=10 if fraction else None, device=self.device_, seed=seed,
                        optimizer=optimizer, show_progressbar=self.show_progressbar,
                        desc="LoRA probe")
-        return result.history
+        history = list(result.history)
+        if start_loss is not None:
+            best = min(h.get("val_loss", math.inf) for h in history) if history else math.inf
+            if start_loss <= best:
+                net.load_state_dict(start_state)
+            history.insert(0, {"epoch": -1, "val_loss": start_loss, "kept": start_loss <= best})
+        return history
+
+    def _held_out_loss(self, net: _ProbeNet, step, rows: np.ndarray) -> float:
+        net.eval()
+        with torch.no_grad():
+            batch = torch.as_tensor(rows, dtype=torch.float32, device=self.device_)
+            return float(step(batch, False))
 
     def _probe_outputs(self, X, navigation_mask, what: str):
         if getattr(self, "_probe_net", None) is None:
