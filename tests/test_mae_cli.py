@@ -66,6 +66,19 @@ def test_pretrain_checkpoint_and_resume(folder, tmp_path, monkeypatch, capsys):
     assert load_model(model).n_epochs_ == 3 and load_model(ckpt).n_epochs_ == 3
 
 
+def test_pretrain_pooling_options(folder, tmp_path, monkeypatch, capsys):
+    _fast(monkeypatch)
+    model = tmp_path / "m.mlspec"
+    base = ["pretrain", str(folder / "a.hspy"), "--out", str(model), "--epochs", "1", *SMALL]
+    assert main([*base, "--pooling", "mean"]) == 0
+    assert load_model(model).pooling == "mean" and load_model(model).n_embedding == 16
+    assert main([*base, "--segments", "2"]) == 0
+    assert load_model(model).n_embedding == 2 * 16
+    assert main([*base, "--segments", "5"]) == 1  # 64 channels / 16 = 4 patches
+    assert "n_segments must be 'auto' or an integer from 1 to the 4 patches" in \
+        capsys.readouterr().err
+
+
 def test_pretrain_and_embed_errors(folder, tmp_path, capsys):
     assert main(["pretrain", str(tmp_path / "*.hspy"), "--out", str(tmp_path / "m")]) == 1
     assert "no file matches" in capsys.readouterr().err
