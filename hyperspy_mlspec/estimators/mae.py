@@ -29,7 +29,7 @@ The encoder gives one token per patch; ``pooling`` turns them into one vector pe
 Where along the energy axis a feature sits is what tells an oxidation state (a 1-2 eV
 chemical shift) or a peak area apart, and the global mean blurs it: in
 ``benchmarks/bench_mae.py`` the same pretrained encoder gave a 100-label linear probe about
-10 accuracy points and 30 R^2 points more with 8 segments than with the mean. Pooling has
+8 accuracy points and 30 R^2 points more with 8 segments than with the mean. Pooling has
 no weights, so it is fixed when the model is built and saved with it; model files written
 before this option load with ``"mean"``, the pooling they were fitted with.
 """

@@ -16,7 +16,7 @@ of patches and concatenates the group means (``n_segments * embed_dim`` features
 linear-probe pooling for images). In a spectrum *where* a feature sits is physics: a 1.5 eV
 chemical shift tells Fe2+ from Fe3+, and a peak area is read at a known energy. The global
 mean keeps only what the position embeddings left of that in the token values, and a linear
-probe on it lost 10 accuracy and 30 R^2 points against segment pooling of the same encoder
+probe on it lost 8 accuracy and 30 R^2 points against segment pooling of the same encoder
 in ``benchmarks/bench_mae.py``.
 
 Torch only: spectra arrive already resampled onto ``n_channels`` bins; the per-spectrum
