@@ -471,6 +471,17 @@ def test_label_problems_are_refused(fitted, eels):
         fitted.fit_probe(s, np.zeros(12), navigation_mask=mask)
     with pytest.raises(ValueError, match="fit_probe"):
         tiny(epochs=1).fit(X[:40]).predict(X[:3])
+    with pytest.raises(ValueError, match="C must be a positive number or 'auto'"):
+        fitted.fit_probe(X[:50], np.arange(50) % 2, C=0)
+
+
+def test_cross_validated_c_is_recorded_and_a_fixed_c_is_used(fitted, eels):
+    s, truth = eels
+    X, y = s.data.reshape(-1, C)[:80], truth.phase_map.ravel()[:80]
+    auto = copy.deepcopy(fitted).fit_probe(X, y)
+    assert auto.probe_["strength"] in np.logspace(-3, 3, 7)
+    fixed = copy.deepcopy(fitted).fit_probe(X, y, C=0.01)
+    assert fixed.probe_["strength"] == 0.01
 
 
 def test_nan_and_inf_are_refused(fitted):
