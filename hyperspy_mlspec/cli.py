@@ -654,6 +654,12 @@ def _add_mae_parsers(sub) -> None:
                      help="bins per patch; must divide --channels (default: 32)")
     pre.add_argument("--batch-size", type=_epochs, default="auto", metavar="N|auto",
                      help="spectra per minibatch (default: auto)")
+    pre.add_argument("--pooling", choices=("segments", "mean"), default="segments",
+                     help="embedding: encoder tokens averaged per energy segment and "
+                          "concatenated (keeps where features are), or over all patches "
+                          "(default: segments)")
+    pre.add_argument("--segments", type=_epochs, default="auto", metavar="N|auto",
+                     help="segments of --pooling segments (default: auto, 8)")
     pre.add_argument("--signal-range", nargs=2, type=_position, metavar=("START", "END"),
                      help="common range, e.g. '400 eV' '900 eV' (default: each spectrum "
                           "over its own range)")
@@ -715,6 +721,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         return 1
     mae = MaskedAutoencoder(args.channels, args.patch_size, epochs=args.epochs,
                             batch_size=args.batch_size, signal_range=args.signal_range,
+                            pooling=args.pooling, n_segments=args.segments,
                             checkpoint=args.checkpoint, device=args.device,
                             random_state=args.seed)
     t0 = time.perf_counter()

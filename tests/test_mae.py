@@ -73,10 +73,42 @@ def test_forward_shapes_and_embedding_without_mask():
     x = torch.rand(5, C) * 50
     loss, pred, mask = m(x)
     assert pred.shape == (5, 8, 16) and mask.shape == (5, 8) and loss.ndim == 0
-    assert m.embed(x).shape == (5, 32)
+    assert m.embed(x).shape == (5, 8 * 32)  # default: 8 segments (here 1 patch each)
     m.eval()
     with torch.no_grad():  # no masking at embedding time: deterministic
         assert torch.equal(m.embed(x), m.embed(x))
+
+
+@pytest.mark.parametrize("n_segments, groups", [(4, [2, 2, 2, 2]), (3, [3, 3, 2]),
+                                                (1, [8])])
+def test_segment_pooling_is_the_mean_of_each_segments_tokens(n_segments, groups):
+    m = _module(n_segments=n_segments).eval()
+    x = torch.rand(5, C) * 50
+    with torch.no_grad():
+        tokens = m.encode_tokens(m.prepare(x))[0]  # (5, 8 patches, 32)
+        emb = m.embed(x)
+    assert m.embedding_dim == n_segments * 32 and emb.shape == (5, n_segments * 32)
+    bounds = np.cumsum([0] + groups)
+    pairs = zip(bounds[:-1], bounds[1:], strict=True)
+    manual = torch.cat([tokens[:, a:b].mean(1) for a, b in pairs], 1)
+    torch.testing.assert_close(emb, manual)
+    mean = _module(pooling="mean").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(mean.embed(x), tokens.mean(1))
+    assert mean.embedding_dim == 32
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(n_segments=9), "exceeds the 8 patches"),
+    (dict(n_segments=0), "positive integer or 'auto'"),
+    (dict(n_segments=2.5), "positive integer or 'auto'"),
+    (dict(pooling="max"), "pooling must be one of"),
+])
+def test_bad_pooling_is_refused_clearly(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _module(**kw)
+    with pytest.raises(ValueError, match="pooling must be one of|n_segments must be"):
+        tiny(**kw).fit(np.random.default_rng(0).random((40, C)))
 
 
 @pytest.mark.parametrize("norm_pix", [False, True])
@@ -227,6 +259,42 @@ def test_save_load_round_trip_is_exact(fitted, eels, tmp_path):
     np.testing.assert_array_equal(back.predict_proba(X), mae.predict_proba(X))
     assert back.probe_["head"] == "lora" and back.pool_ == mae.pool_
     assert back.history_ == mae.history_
+    # the LoRA head reads the segment-pooled embedding of its adapted encoder
+    assert back.pooling == "segments" and back._probe_net.head.in_features == 8 * 32
+
+
+def test_pooling_round_trips_and_old_files_load_as_mean(fitted, eels, tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from hyperspy_mlspec.persistence import _checksum
+
+    s, _ = eels
+    X = s.data.reshape(-1, C)[:50]
+    three = copy.deepcopy(fitted)
+    three.set_params(n_segments=3)
+    three.module_.set_pooling("segments", 3)
+    three.save(tmp_path / "three.mlspec")
+    back = load_model(tmp_path / "three.mlspec")
+    assert back.n_segments == 3 and back.n_embedding == 3 * 32
+    np.testing.assert_array_equal(back.transform(X), three.transform(X))
+    # a file written before the pooling option: no "pooling" anywhere in its config
+    path = tmp_path / "old.mlspec"
+    fitted.save(path)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        config = json.loads(f.metadata()["config"])
+    for key in ("pooling", "n_segments"):
+        del config["params"][key], config["fitted"][key]
+    text = json.dumps(config)
+    save_file(tensors, str(path), metadata={"config": text, "sha256": _checksum(text, tensors)})
+    old = load_model(path)
+    assert old.pooling == "mean" and old.n_embedding == 32
+    with torch.no_grad():
+        tokens = fitted.module_.encode_tokens(fitted.module_.prepare(torch.as_tensor(X)))[0]
+    np.testing.assert_allclose(old.transform(X), tokens.mean(1).numpy(), atol=1e-5)
 
 
 def test_checkpoint_every_epoch_and_resume(tmp_path, eels):
@@ -271,13 +339,15 @@ def test_resume_without_a_checkpoint_starts_fresh(eels, tmp_path):
 def test_embed_signal_axes_metadata_and_lazy_equals_eager(fitted, eels):
     s, _ = eels
     emb = s.mlspec.embed(fitted)
-    assert emb.data.shape == (24, 24, 32)
+    d = 8 * 32  # 8 patches -> 8 segments of 32 features (pooling="segments", "auto")
+    assert fitted.n_embedding == d and emb.data.shape == (24, 24, d)
     assert emb.axes_manager.signal_axes[0].name == "embedding"
     for a, b in zip(emb.axes_manager.navigation_axes, s.axes_manager.navigation_axes,
                     strict=True):
         assert (a.name, a.scale, a.offset, a.units) == (b.name, b.scale, b.offset, b.units)
     assert emb.metadata.MLSpec.operation_0.operation == "embed"
-    np.testing.assert_allclose(emb.data.reshape(-1, 32), fitted.transform(s.data.reshape(-1, C)),
+    assert emb.metadata.MLSpec.operation_0.pooling == "segments"
+    np.testing.assert_allclose(emb.data.reshape(-1, d), fitted.transform(s.data.reshape(-1, C)),
                                atol=1e-5)
     lazy = s.as_lazy()
     lazy.data = lazy.data.rechunk((8, 24, C))
@@ -295,7 +365,7 @@ def test_transform_resamples_other_channel_counts(fitted, eels):
     s, _ = eels
     fine = eels_map((4, 4), n_channels=4 * C, random_state=1)
     emb = fitted.transform(fine.data.reshape(-1, 4 * C))
-    assert emb.shape == (16, 32) and np.isfinite(emb).all()
+    assert emb.shape == (16, 8 * 32) and np.isfinite(emb).all()
 
 
 def test_embeddings_feed_clustering(fitted, eels):
@@ -303,7 +373,7 @@ def test_embeddings_feed_clustering(fitted, eels):
     res = s.mlspec.cluster(fitted, n_clusters=2, normalize="standard")
     assert res.labels.data.shape == (24, 24)
     assert set(np.unique(res.labels.data)) == {0, 1}
-    assert res.codes.data.shape == (24, 24, 32)
+    assert res.codes.data.shape == (24, 24, 8 * 32)
 
 
 # -- few-label heads ------------------------------------------------------------------------
@@ -355,6 +425,23 @@ def test_lora_probe_regression_on_fractions(fitted, eels):
     assert np.isnan(masked.data[0]).all() and np.isfinite(masked.data[1:]).all()
 
 
+def test_lora_keeps_its_linear_start_when_training_only_hurts_the_held_out_labels(fitted,
+                                                                                  eels):
+    s, truth = eels
+    X = s.data.reshape(-1, C)[:100]
+    y = truth.abundances.reshape(-1, truth.abundances.shape[-1])[:100, 2]
+    # a learning rate of 50 wrecks the head and adapters in the first epoch
+    mae = copy.deepcopy(fitted).fit_probe(X, y, head="lora", epochs=2, learning_rate=50.0)
+    history = mae.probe_["history"]
+    assert history[0]["epoch"] == -1 and history[0]["kept"]
+    assert history[0]["val_loss"] < min(h["val_loss"] for h in history[1:])
+    # the start: adapters B at zero, i.e. the encoder unchanged, and the linear probe
+    for layer in lora_layers(mae._probe_net):
+        assert not layer.lora_B.any()
+    start = copy.deepcopy(fitted).fit_probe(X, y, head="lora", epochs=2, learning_rate=0.0)
+    np.testing.assert_allclose(mae.predict(X), start.predict(X), atol=1e-5)
+
+
 # -- bad input ------------------------------------------------------------------------------
 def test_too_few_channels_for_the_patch_layout_is_refused():
     coarse = np.random.default_rng(0).poisson(5, (20, 6)).astype(float)
@@ -384,6 +471,17 @@ def test_label_problems_are_refused(fitted, eels):
         fitted.fit_probe(s, np.zeros(12), navigation_mask=mask)
     with pytest.raises(ValueError, match="fit_probe"):
         tiny(epochs=1).fit(X[:40]).predict(X[:3])
+    with pytest.raises(ValueError, match="C must be a positive number or 'auto'"):
+        fitted.fit_probe(X[:50], np.arange(50) % 2, C=0)
+
+
+def test_cross_validated_c_is_recorded_and_a_fixed_c_is_used(fitted, eels):
+    s, truth = eels
+    X, y = s.data.reshape(-1, C)[:80], truth.phase_map.ravel()[:80]
+    auto = copy.deepcopy(fitted).fit_probe(X, y)
+    assert auto.probe_["strength"] in np.logspace(-3, 3, 7)
+    fixed = copy.deepcopy(fitted).fit_probe(X, y, C=0.01)
+    assert fixed.probe_["strength"] == 0.01
 
 
 def test_nan_and_inf_are_refused(fitted):

@@ -49,10 +49,10 @@ def test_pretrain_on_a_glob_then_embed(folder, tmp_path, monkeypatch, capsys):
     assert main(["embed", str(model), str(folder / "a.hspy"), str(folder / "c.hspy"),
                  "--out", str(tmp_path / "emb")]) == 0
     emb = hs.load(tmp_path / "emb" / "a_embedding.hspy")
-    assert emb.data.shape == (6, 6, 16)
+    assert emb.data.shape == (6, 6, 4 * 16)  # 4 patches -> 4 segments (n_segments="auto")
     assert emb.axes_manager.signal_axes[0].name == "embedding"
     np.testing.assert_allclose(emb.data, mae.embed(hs.load(folder / "a.hspy")).data, atol=1e-5)
-    assert hs.load(tmp_path / "emb" / "c_embedding.hspy").data.shape == (16,)
+    assert hs.load(tmp_path / "emb" / "c_embedding.hspy").data.shape == (4 * 16,)
 
 
 def test_pretrain_checkpoint_and_resume(folder, tmp_path, monkeypatch, capsys):
@@ -64,6 +64,19 @@ def test_pretrain_checkpoint_and_resume(folder, tmp_path, monkeypatch, capsys):
     assert load_model(ckpt).n_epochs_ == 1
     assert main([*args, "--epochs", "3", "--resume"]) == 0
     assert load_model(model).n_epochs_ == 3 and load_model(ckpt).n_epochs_ == 3
+
+
+def test_pretrain_pooling_options(folder, tmp_path, monkeypatch, capsys):
+    _fast(monkeypatch)
+    model = tmp_path / "m.mlspec"
+    base = ["pretrain", str(folder / "a.hspy"), "--out", str(model), "--epochs", "1", *SMALL]
+    assert main([*base, "--pooling", "mean"]) == 0
+    assert load_model(model).pooling == "mean" and load_model(model).n_embedding == 16
+    assert main([*base, "--segments", "2"]) == 0
+    assert load_model(model).n_embedding == 2 * 16
+    assert main([*base, "--segments", "5"]) == 1  # 64 channels / 16 = 4 patches
+    assert "n_segments must be 'auto' or an integer from 1 to the 4 patches" in \
+        capsys.readouterr().err
 
 
 def test_pretrain_and_embed_errors(folder, tmp_path, capsys):

@@ -8,10 +8,16 @@ decoder sees the encoder outputs plus a learnt mask token at every hidden positi
 predicts the bins of the hidden patches. The loss is the mean squared error on hidden bins
 only. Positions are fixed sine-cosine embeddings.
 
-The downstream embedding of a spectrum is the mean of the encoder outputs over all patches
-with nothing masked (no CLS token: mean pooling is what the MAE paper recommends for linear
-probing of an encoder trained without a classification objective, and it keeps the encoder
-input exactly the pretraining one).
+The downstream embedding of a spectrum pools the encoder outputs of all patches, nothing
+masked (no CLS token: it keeps the encoder input exactly the pretraining one).
+``pooling="segments"`` (default) averages the tokens within ``n_segments`` contiguous groups
+of patches and concatenates the group means (``n_segments * embed_dim`` features);
+``pooling="mean"`` averages over all patches (``embed_dim`` features, the MAE paper's
+linear-probe pooling for images). In a spectrum *where* a feature sits is physics: a 1.5 eV
+chemical shift tells Fe2+ from Fe3+, and a peak area is read at a known energy. The global
+mean keeps only what the position embeddings left of that in the token values, and a linear
+probe on it lost 8 accuracy and 30 R^2 points against segment pooling of the same encoder
+in ``benchmarks/bench_mae.py``.
 
 Torch only: spectra arrive already resampled onto ``n_channels`` bins; the per-spectrum
 normalisation (``input_transform``) is part of the module so every path (pretraining,
@@ -21,12 +27,55 @@ embedding, LoRA fine-tuning) sees the same input.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 INPUT_TRANSFORMS = ("log", "standard")
+POOLINGS = ("segments", "mean")
+DEFAULT_SEGMENTS = 8  # with "auto": at most 8 segments (64 patches -> 8 of 8 patches)
+
+
+def resolve_segments(n_segments: int | str, n_patches: int) -> int:
+    """Number of pooling segments for ``n_patches`` patches (``"auto"``: 8, or
+    ``n_patches`` when fewer), checked.
+
+    Examples
+    --------
+    >>> resolve_segments("auto", 64), resolve_segments("auto", 4), resolve_segments(5, 64)
+    (8, 4, 5)
+    """
+    if n_segments == "auto":
+        return min(DEFAULT_SEGMENTS, n_patches)
+    if isinstance(n_segments, bool) or not isinstance(n_segments, numbers.Integral) \
+            or n_segments < 1:
+        raise ValueError(f"n_segments must be a positive integer or 'auto', got {n_segments!r}")
+    if n_segments > n_patches:
+        raise ValueError(f"n_segments={n_segments} exceeds the {n_patches} patches of the "
+                         "model: a segment needs at least one patch. Use n_segments <= "
+                         f"{n_patches}, or 'auto'.")
+    return int(n_segments)
+
+
+def segment_weights(n_patches: int, n_segments: int) -> torch.Tensor:
+    """``(n_segments, n_patches)`` averaging matrix of contiguous patch groups.
+
+    Patch ``i`` belongs to segment ``floor(i * n_segments / n_patches)``: equal groups when
+    ``n_segments`` divides ``n_patches``, else groups whose sizes differ by at most one.
+    Each row sums to 1.
+
+    Examples
+    --------
+    >>> segment_weights(5, 2).sum(1)
+    tensor([1., 1.])
+    >>> (segment_weights(5, 2) > 0).sum(1)
+    tensor([3, 2])
+    """
+    seg = torch.arange(n_patches) * n_segments // n_patches
+    w = F.one_hot(seg, n_segments).T.float()
+    return w / w.sum(1, keepdim=True)
 
 
 def sincos_embedding(n_positions: int, dim: int) -> torch.Tensor:
@@ -133,6 +182,13 @@ class MaskedSpectrumTransformer(nn.Module):
         Predict per-patch standardised targets (mean 0, variance 1 within each patch).
     input_transform
         ``"log"`` or ``"standard"`` (see :func:`standardize_spectra`).
+    pooling
+        How :meth:`embed` pools the encoder tokens: ``"segments"`` (mean per contiguous
+        group of patches, concatenated: keeps where along the energy axis a feature is) or
+        ``"mean"`` (over all patches). See the module docstring.
+    n_segments
+        Groups of ``"segments"`` pooling, or ``"auto"`` (8, fewer when the model has fewer
+        patches); ignored for ``"mean"``.
 
     Examples
     --------
@@ -140,13 +196,14 @@ class MaskedSpectrumTransformer(nn.Module):
     ...                               decoder_dim=16, decoder_depth=1, decoder_heads=2)
     >>> loss, pred, mask = m(torch.rand(4, 256))
     >>> pred.shape, mask.shape, m.embed(torch.rand(4, 256)).shape
-    (torch.Size([4, 16, 16]), torch.Size([4, 16]), torch.Size([4, 32]))
+    (torch.Size([4, 16, 16]), torch.Size([4, 16]), torch.Size([4, 256]))
     """
 
     def __init__(self, n_channels: int = 2048, patch_size: int = 32, *, embed_dim: int = 128,
                  depth: int = 4, heads: int = 4, decoder_dim: int = 64, decoder_depth: int = 2,
                  decoder_heads: int = 4, mlp_ratio: float = 4.0, mask_ratio: float = 0.75,
-                 norm_pix_loss: bool = False, input_transform: str = "log") -> None:
+                 norm_pix_loss: bool = False, input_transform: str = "log",
+                 pooling: str = "segments", n_segments: int | str = "auto") -> None:
         super().__init__()
         if n_channels % patch_size:
             raise ValueError(f"n_channels={n_channels} is not a multiple of "
@@ -159,6 +216,7 @@ class MaskedSpectrumTransformer(nn.Module):
         self.mask_ratio, self.norm_pix_loss = float(mask_ratio), bool(norm_pix_loss)
         self.input_transform = input_transform
         self.embed_dim = embed_dim
+        self.set_pooling(pooling, n_segments)
         self.patch_embed = nn.Linear(patch_size, embed_dim)
         self.register_buffer("pos_embed", sincos_embedding(self.n_patches, embed_dim)[None],
                              persistent=False)
@@ -184,6 +242,22 @@ class MaskedSpectrumTransformer(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def set_pooling(self, pooling: str, n_segments: int | str = "auto") -> None:
+        """Choose the pooling of :meth:`embed` (no weights depend on it, so a pretrained
+        encoder can be pooled either way)."""
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
+        self.n_segments = (resolve_segments(n_segments, self.n_patches)
+                           if pooling == "segments" else 1)
+        self.register_buffer("segment_weights",
+                             segment_weights(self.n_patches, self.n_segments), persistent=False)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Features per spectrum of :meth:`embed`: ``n_segments * embed_dim``."""
+        return self.n_segments * self.embed_dim
 
     # -- pieces -----------------------------------------------------------------------------
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -257,10 +331,17 @@ class MaskedSpectrumTransformer(nn.Module):
         pred = self.decode(latent, ids_restore)
         return self.loss(xn, pred, mask), pred, mask
 
+    def pool(self, latent: torch.Tensor) -> torch.Tensor:
+        """``(n, n_patches, embed_dim)`` tokens -> ``(n, embedding_dim)``: the mean of each
+        segment's tokens, segment after segment (``"mean"`` pooling is one segment)."""
+        w = self.segment_weights.to(latent)
+        return torch.einsum("sp,npd->nsd", w, latent).reshape(len(latent), -1)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Embedding of raw spectra: mean of the encoder outputs, nothing masked."""
+        """Embedding of raw spectra: the encoder outputs, nothing masked, pooled by
+        :meth:`pool`."""
         latent, _, _ = self.encode_tokens(self.prepare(x), 0.0)
-        return latent.mean(1)
+        return self.pool(latent)
 
 
 # -- LoRA -----------------------------------------------------------------------------------
