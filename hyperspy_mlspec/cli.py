@@ -50,7 +50,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _epochs(text: str) -> int | str:
+def _int_or_auto(text: str) -> int | str:
+    """A positive integer or 'auto' (epochs, batch size, segments)."""
     if text == "auto":
         return "auto"
     try:
@@ -209,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--decoder", choices=("linear", "nonlinear"), default="nonlinear",
                      help="autoencoder decoder; 'linear' makes HyperSpy's "
                           "get_decomposition_model exact (default: nonlinear)")
-    dec.add_argument("--epochs", type=_epochs, default="auto", metavar="N|auto",
+    dec.add_argument("--epochs", type=_int_or_auto, default="auto", metavar="N|auto",
                      help="maximum training epochs of the autoencoder (default: auto)")
     dec.add_argument("--signal-range", nargs=2, type=_position, metavar=("START", "END"),
                      help="use only this part of the spectral axis, in axis units "
@@ -481,16 +482,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- train (one model from several files; several processes under torchrun) ---------------
-def _batch_size(text: str) -> int | str:
-    if text == "auto":
-        return "auto"
-    try:
-        return _positive_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"expected a positive integer or 'auto', got {text!r}") from None
-
-
 def _add_train_parser(sub) -> None:
     tr = sub.add_parser(
         "train", help="train one model on one or more files (multi-process under torchrun)",
@@ -512,9 +503,9 @@ def _add_train_parser(sub) -> None:
     tr.add_argument("--noise", choices=("poisson-split", "mask"), default="poisson-split",
                     help="self-supervised noise model of --model denoise "
                          "(default: poisson-split)")
-    tr.add_argument("--epochs", type=_epochs, default="auto", metavar="N|auto",
+    tr.add_argument("--epochs", type=_int_or_auto, default="auto", metavar="N|auto",
                     help="maximum training epochs (default: auto)")
-    tr.add_argument("--batch-size", type=_batch_size, default="auto", metavar="N|auto",
+    tr.add_argument("--batch-size", type=_int_or_auto, default="auto", metavar="N|auto",
                     help="spectra per optimiser step, over all processes together "
                          "(default: auto)")
     tr.add_argument("--learning-rate", type=float, default=None, metavar="LR",
@@ -646,19 +637,19 @@ def _add_mae_parsers(sub) -> None:
                      help="input files or quoted globs such as 'data/**/*.hspy'")
     pre.add_argument("-o", "--out", type=Path, required=True, metavar="MODEL.mlspec",
                      help="model file to write")
-    pre.add_argument("--epochs", type=_epochs, default="auto", metavar="N|auto",
+    pre.add_argument("--epochs", type=_int_or_auto, default="auto", metavar="N|auto",
                      help="maximum passes over all spectra (default: auto)")
     pre.add_argument("--channels", type=_positive_int, default=2048, metavar="N",
                      help="bins every spectrum is resampled onto (default: 2048)")
     pre.add_argument("--patch-size", type=_positive_int, default=32, metavar="N",
                      help="bins per patch; must divide --channels (default: 32)")
-    pre.add_argument("--batch-size", type=_epochs, default="auto", metavar="N|auto",
+    pre.add_argument("--batch-size", type=_int_or_auto, default="auto", metavar="N|auto",
                      help="spectra per minibatch (default: auto)")
     pre.add_argument("--pooling", choices=("segments", "mean"), default="segments",
                      help="embedding: encoder tokens averaged per energy segment and "
                           "concatenated (keeps where features are), or over all patches "
                           "(default: segments)")
-    pre.add_argument("--segments", type=_epochs, default="auto", metavar="N|auto",
+    pre.add_argument("--segments", type=_int_or_auto, default="auto", metavar="N|auto",
                      help="segments of --pooling segments (default: auto, 8)")
     pre.add_argument("--signal-range", nargs=2, type=_position, metavar=("START", "END"),
                      help="common range, e.g. '400 eV' '900 eV' (default: each spectrum "
