@@ -86,7 +86,7 @@ def test_file_that_cannot_be_read_lazily(files, tmp_path, capsys):
 
 
 def test_scheduler_address_runs_on_the_cluster(files, model, tmp_path):
-    distributed = pytest.importorskip("distributed")
+    import distributed
     with distributed.LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
                                   dashboard_address=None,
                                   silence_logs=logging.CRITICAL) as cluster:

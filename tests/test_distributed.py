@@ -10,13 +10,12 @@ from contextlib import contextmanager
 
 import dask
 import dask.array as da
+import distributed
 import numpy as np
 import pytest
 
 import hyperspy_mlspec
 from hyperspy_mlspec import signal_io as sio
-
-distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture(scope="module")
