@@ -240,7 +240,16 @@ def _reconstruct(model, rows):
 
 
 
-_SCORE_BLOCK = 4096  # rows scored at a time in memory
+_SCORE_VALUES = 2**20  # values scored at a time: the float64 temporaries stay ~100 MiB
+
+
+def _blocked_row_scores(x: np.ndarray, mu: np.ndarray, metric: str,
+                        smoothing: float = 0.0) -> np.ndarray:
+    """:func:`_row_scores` over sub-blocks of rows (the deviance's float64 temporaries are
+    ~10x a block's size, so whole chunks of long spectra would take hundreds of MiB)."""
+    step = max(1, _SCORE_VALUES // max(1, int(x.shape[1])))
+    return np.concatenate([_row_scores(x[i:i + step], mu[i:i + step], metric, smoothing)
+                           for i in range(0, len(x), step)] or [np.empty(0)])
 
 
 def _table_scores(model, table: sio.SpectraTable, metric: str,
@@ -252,13 +261,10 @@ def _table_scores(model, table: sio.SpectraTable, metric: str,
         import dask.array as da
 
         recon = da.asarray(recon).rechunk({0: rows.chunks[0], 1: -1})
-        scores = da.map_blocks(_row_scores, rows, recon, metric, smoothing, drop_axis=1,
-                               dtype=np.float64)
+        scores = da.map_blocks(_blocked_row_scores, rows, recon, metric, smoothing,
+                               drop_axis=1, dtype=np.float64)
         return np.asarray(scores.compute(), dtype=np.float64)
-    # in blocks: the float64 temporaries of the deviance are ~10x the block's size
-    step = _SCORE_BLOCK
-    return np.concatenate([_row_scores(rows[i:i + step], recon[i:i + step], metric, smoothing)
-                           for i in range(0, len(rows), step)] or [np.empty(0)])
+    return _blocked_row_scores(rows, recon, metric, smoothing)
 
 
 def _default_epochs(n_rows: int) -> int:
