@@ -58,12 +58,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from hyperspy_mlspec import signal_io as sio
-from hyperspy_mlspec.anomaly import _QUANTITY, _reconstruct, _row_scores
+from hyperspy_mlspec.anomaly import (
+    _QUANTITY,
+    _SCORE_VALUES,
+    _blocked_row_scores,
+    _reconstruct,
+)
 from hyperspy_mlspec.axis import AxisInfo, alignment
 
 __all__ = ["StreamingMonitor"]
 
-_SCORE_ROWS = 64  # rows per scoring chunk: cache-sized float64 temporaries (3x faster)
 _MAX_PENDING = 65_536  # spectra kept for PCA scoring until the first basis exists
 
 
@@ -725,17 +729,9 @@ class StreamingMonitor:
 
     def _scores(self, x: np.ndarray, recon: np.ndarray, metric: str) -> np.ndarray:
         """:func:`hyperspy_mlspec.anomaly` scores on cache-sized chunks, in parallel."""
-        starts = range(0, x.shape[0], _SCORE_ROWS)
-
-        def chunk(i: int) -> np.ndarray:
-            return _row_scores(x[i:i + _SCORE_ROWS], recon[i:i + _SCORE_ROWS], metric,
-                               self.smoothing)
-
-        if self._score_pool is None or x.shape[0] < 8 * _SCORE_ROWS:  # not worth a handoff
-            parts = [chunk(i) for i in starts]
-        else:
-            parts = list(self._score_pool.map(chunk, starts))
-        return np.concatenate(parts)
+        parallel = self._score_pool is not None and x.size >= 8 * _SCORE_VALUES
+        return _blocked_row_scores(x, recon, metric, self.smoothing,
+                                   self._score_pool.map if parallel else map)
 
     # -- streaming PCA ---------------------------------------------------------------------
     def _weighted_rows(self, x: np.ndarray) -> np.ndarray:
