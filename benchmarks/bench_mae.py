@@ -587,6 +587,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     configs += list(setup.variants)
     mae_info: dict[str, dict] = {}
     mae_methods: list[str] = []
+    def evaluate(method: str, model, head: str) -> None:
+        """Train the head on every label draw, for every task, and record the test scores."""
+        mae_methods.append(method)
+        for idx in draws.values():
+            for task in TASKS:
+                pred, extra = mae_fit_predict(model, head, task, lab.spectra[idx],
+                                              y_lab[task][idx], test.spectra)
+                record(method, task, pred, extra)
+
     for label, overrides in configs:
         params = {"epochs": mae_epochs, "random_state": 0, "show_progressbar": False,
                   **overrides}
@@ -602,35 +611,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"{pinfo['best_rate']:.0f}), {pinfo['train_flops'] / 1e6:.0f} MFLOP/spectrum; "
               f"embedding {pinfo['embed']['rate']:.0f} spectra/s", flush=True)
         for head in ("linear", "lora"):
-            method = f"{label} {'linear probe' if head == 'linear' else 'LoRA head'}"
-            mae_methods.append(method)
-            for idx in draws.values():
-                for task in TASKS:
-                    pred, extra = mae_fit_predict(mae, head, task, lab.spectra[idx],
-                                                  y_lab[task][idx], test.spectra)
-                    record(method, task, pred, extra)
+            evaluate(f"{label} {'linear probe' if head == 'linear' else 'LoRA head'}", mae,
+                     head)
         if label == "MAE" and mae.pooling != "mean":
             # the same encoder pooled over all patches: pooling has no weights, so no second
             # pretraining is needed (set_pooling is the module's public switch)
             mean_mae = copy.deepcopy(mae)
             mean_mae.set_params(pooling="mean")
             mean_mae.module_.set_pooling("mean")
-            mae_methods.append(MEAN_POOLING)
-            for idx in draws.values():
-                for task in TASKS:
-                    pred, extra = mae_fit_predict(mean_mae, "linear", task, lab.spectra[idx],
-                                                  y_lab[task][idx], test.spectra)
-                    record(MEAN_POOLING, task, pred, extra)
+            evaluate(MEAN_POOLING, mean_mae, "linear")
             del mean_mae
             # control: (almost) random encoder weights, same pooling and head
             raw = MaskedAutoencoder(**{**params, "batch_size": 256,
                                        "partial_fit_epochs": 1}).partial_fit(pool.spectra[:256])
-            mae_methods.append(UNTRAINED)
-            for idx in draws.values():
-                for task in TASKS:
-                    pred, extra = mae_fit_predict(raw, "linear", task, lab.spectra[idx],
-                                                  y_lab[task][idx], test.spectra)
-                    record(UNTRAINED, task, pred, extra)
+            evaluate(UNTRAINED, raw, "linear")
             del raw
         if label == "MAE":  # reference: linear probe with every label of the labelled pool
             for task in TASKS:
