@@ -10,9 +10,8 @@ Importing the package adds the ``mlspec`` namespace to every HyperSpy signal::
 Public API (everything else is internal):
 """
 
-__version__ = "0.1.0"
-
 from hyperspy_mlspec import data  # noqa: E402
+from hyperspy_mlspec._version import __version__  # noqa: E402
 from hyperspy_mlspec.accessor import MLSpecNamespace, register  # noqa: E402
 from hyperspy_mlspec.anomaly import AnomalyResult, ClusterResult, plot_embedding  # noqa: E402
 from hyperspy_mlspec.estimators import (  # noqa: E402

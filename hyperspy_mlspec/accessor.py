@@ -422,9 +422,28 @@ def _namespace(self) -> MLSpecNamespace:
     return MLSpecNamespace(self)
 
 
+def _hyperspy_show_progressbar(show: bool | None) -> bool:
+    if show is None:
+        from hyperspy.defaults_parser import preferences
+
+        return bool(preferences.General.show_progressbar)
+    return bool(show)
+
+
+def _hyperspy_bar(total: int | None, desc: str, unit: str):
+    from hyperspy.external.progressbar import progressbar
+
+    return progressbar(total=total, desc=desc, unit=unit, leave=False)
+
+
 def register() -> None:
-    """Attach ``mlspec`` to :class:`hyperspy.signal.BaseSignal` (idempotent, not cached)."""
+    """Attach ``mlspec`` to :class:`hyperspy.signal.BaseSignal` (idempotent, not cached)
+    and let the numeric core show progress the HyperSpy way (its preference, its bar)."""
     from hyperspy.signal import BaseSignal
+
+    from hyperspy_mlspec.engine import progress
+
+    progress.configure(resolve=_hyperspy_show_progressbar, bar=_hyperspy_bar)
 
     if not isinstance(getattr(BaseSignal, "mlspec", None), property):
         BaseSignal.mlspec = property(_namespace, doc="Machine-learning methods "

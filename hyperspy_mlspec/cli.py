@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hyperspy_mlspec import __version__
+from hyperspy_mlspec._version import __version__
 
 __all__ = ["add_dask_options", "build_parser", "dask_scheduler", "main"]
 

@@ -74,7 +74,7 @@ def save_model(estimator, path: str | os.PathLike | None) -> Path | bytes:
     import sklearn
     from safetensors.torch import save, save_file
 
-    from hyperspy_mlspec import __version__
+    from hyperspy_mlspec._version import __version__
 
     if not hasattr(estimator, "module_"):
         raise ValueError("only fitted estimators can be saved: call fit first")

@@ -210,7 +210,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, config: DemoConfig | N
     """
     import torch
 
-    from hyperspy_mlspec import __version__
+    from hyperspy_mlspec._version import __version__
     from hyperspy_mlspec.data import eels_map
 
     say = log or (lambda line: None)

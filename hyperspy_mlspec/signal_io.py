@@ -265,7 +265,7 @@ def table_for_model(signal, model, navigation_mask=None) -> SpectraTable:
 def record(signal, operation: str, **details: Any) -> None:
     """Append an operation to ``signal.metadata.MLSpec`` (scalars and strings only, so the
     signal still saves to .hspy/.zspy)."""
-    from hyperspy_mlspec import __version__
+    from hyperspy_mlspec._version import __version__
 
     node = signal.metadata.get_item("MLSpec") if signal.metadata.has_item("MLSpec") else None
     n = len(node.as_dictionary()) if node is not None else 0

@@ -109,3 +109,75 @@ def test_resolve_device_auto_never_requires_gpu():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+class _Watcher:
+    """A GUI-like observer: records epochs and asks to stop after ``stop_after`` steps."""
+
+    def __init__(self, stop_after=None):
+        self.begin, self.rows, self.end, self.steps = None, [], None, 0
+        self.stop_after = stop_after
+
+    def on_train_begin(self, info):
+        self.begin = info
+
+    def on_epoch_end(self, row):
+        self.rows.append(row)
+
+    def on_train_end(self, result):
+        self.end = result
+
+    def stop_requested(self):
+        self.steps += 1
+        return self.stop_after is not None and self.steps >= self.stop_after
+
+
+def _linear_problem():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 4)
+    X = np.random.default_rng(0).normal(size=(256, 4)).astype("float32")
+    return lin, (lambda b, t: ((lin(b) - b) ** 2).mean()), ArraySource(X)
+
+
+def test_observer_sees_every_epoch_and_the_result():
+    from hyperspy_mlspec.engine.progress import observe
+
+    lin, loss, source = _linear_problem()
+    with observe(_Watcher()) as w:
+        res = train(lin, loss, source, epochs=4, batch_size=32, show_progressbar=False)
+    assert w.begin["epochs"] == 4 and w.begin["n_train"] == 256
+    assert [r["epoch"] for r in w.rows] == [0, 1, 2, 3]
+    assert [r["train_loss"] for r in w.rows] == [r["train_loss"] for r in res.history]
+    assert w.end is res and not res.stopped
+    # outside the block nobody watches
+    res2 = train(lin, loss, source, epochs=1, batch_size=32, show_progressbar=False)
+    assert len(w.rows) == 4 and len(res2.history) == 1
+
+
+def test_stop_request_ends_training_and_keeps_best_weights():
+    from hyperspy_mlspec.engine.progress import observe
+
+    lin, loss, source = _linear_problem()
+    with observe(_Watcher(stop_after=12)):  # 8 steps per epoch: stops inside epoch 2
+        res = train(lin, loss, source, epochs=50, batch_size=32, show_progressbar=False)
+    assert res.stopped and len(res.history) == 2
+    best = min(r["train_loss"] for r in res.history)
+    with torch.no_grad():
+        kept = float(loss(torch.from_numpy(source.X), False))
+    # the kept weights are those of the best epoch, not a fresh module
+    assert kept <= best * 1.5
+
+
+def test_log_progress_writes_few_lines_when_not_a_terminal(capsys):
+    from hyperspy_mlspec.engine import progress as prog
+
+    bar = prog.progress(1000, "Training", True, unit="epoch")
+    assert isinstance(bar, prog.LogProgress)  # pytest's captured stderr is not a tty
+    for _ in range(1000):
+        bar.update(1)
+    bar.set_postfix(loss="0.5")
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Training: 1000/1000 epoch in")
+    assert lines[0].endswith("loss=0.5")
+    assert isinstance(prog.progress(10, "x", False), prog._NoBar)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from hyperspy_mlspec.engine.distributed import Group
+from hyperspy_mlspec.engine.progress import Observers, progress
 from hyperspy_mlspec.engine.sources import RowSource
 
 _logger = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ class TrainResult:
         True when the patience ran out.
     interrupted
         True when the user pressed Ctrl-C (the best weights so far were kept).
+    stopped
+        True when an observer asked the run to stop (a GUI's Stop button; the best
+        weights so far were kept).
     n_samples_seen
         Training rows processed (all epochs).
     """
@@ -51,24 +55,8 @@ class TrainResult:
     best_epoch: int = 0
     stopped_early: bool = False
     interrupted: bool = False
+    stopped: bool = False
     n_samples_seen: int = 0
-
-
-def show_progress(show_progressbar: bool | None) -> bool:
-    """Resolve ``show_progressbar=None`` to HyperSpy's preference."""
-    if show_progressbar is None:
-        from hyperspy.defaults_parser import preferences
-
-        return bool(preferences.General.show_progressbar)
-    return bool(show_progressbar)
-
-
-def progress(total: int | None, desc: str, show_progressbar: bool | None, unit: str = "it"):
-    """HyperSpy's notebook-aware progress bar, honouring ``show_progressbar``."""
-    from hyperspy.external.progressbar import progressbar
-
-    return progressbar(total=total, desc=desc, unit=unit,
-                       disable=not show_progress(show_progressbar), leave=False)
 
 
 def _mean_loss(step_loss: StepLoss, source: RowSource, split: str, batch_size: int,
@@ -135,7 +123,8 @@ def train(
     optimizer
         An optimizer to continue with (``partial_fit``); a new Adam otherwise.
     show_progressbar
-        None follows ``hs.preferences.General.show_progressbar``.
+        None follows the user's preference (``hs.preferences.General.show_progressbar``
+        once ``hyperspy_mlspec`` is imported; see :mod:`hyperspy_mlspec.engine.progress`).
     desc
         Progress-bar label.
     after_step
@@ -148,6 +137,9 @@ def train(
     -------
     TrainResult
         History and stopping information; the module holds the best weights.
+
+    Training observers attached with :func:`hyperspy_mlspec.engine.progress.observe` are
+    told when the run begins, after every epoch and when it ends, and can stop it.
 
     Notes
     -----
@@ -188,6 +180,11 @@ def train(
                                                            patience=plateau)
     has_val = source.count("val") > 0
     result = TrainResult()
+    observers = Observers()
+    observers.notify("on_train_begin", {"desc": desc, "epochs": epochs,
+                                        "batch_size": batch_size,
+                                        "n_train": source.count("train"),
+                                        "n_val": source.count("val")})
     best_loss, best_state, bad_epochs = math.inf, None, 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         # one random stream per process: different rows get independent draws
@@ -215,6 +212,9 @@ def train(
                         after_step()
                     total += loss_value * n_batch
                     n += n_batch
+                    if observers and observers.stop_requested():
+                        result.stopped = True
+                        break
                 if group.active:  # a clear error, not a silently wrong model
                     group.check_same(batch_fingerprint=fingerprint)
                 module.eval()
@@ -231,6 +231,7 @@ def train(
                 })
                 if on_epoch_end is not None:
                     on_epoch_end(result.history[-1])
+                observers.notify("on_epoch_end", dict(result.history[-1]))
                 bar.update(1)
                 bar.set_postfix(loss=f"{train_loss:.4g}",
                                 **({"val": f"{val_loss:.4g}"} if has_val else {}))
@@ -242,6 +243,10 @@ def train(
                     if patience is not None and bad_epochs >= patience:
                         result.stopped_early = True
                         break
+                if result.stopped:
+                    _logger.info("Training stopped on request: keeping the best weights "
+                                 "(epoch %d).", result.best_epoch)
+                    break
         except KeyboardInterrupt:
             if group.active:  # processes stop at different steps: let torchrun end them all
                 raise
@@ -254,6 +259,7 @@ def train(
         module.load_state_dict(best_state)
     group.broadcast_module(module)  # bit-identical models on every process
     module.eval()
+    observers.notify("on_train_end", result)
     return result
 
 
