@@ -9,7 +9,7 @@ A synthetic spectrum image of Poisson counts (float32, a mixture of three peaked
 a background) is written to an ``.hspy`` file chunk by chunk (never held in memory), with
 HDF5 chunks of a few map lines. Each method then runs in a fresh subprocess, twice:
 
-* **lazy**: ``hyperspy_mlspec.signal_io.load(path, lazy=True)`` (``hs.load(lazy=True)``),
+* **lazy**: ``hyperspy_mlspec.signals.load(path, lazy=True)`` (``hs.load(lazy=True)``),
   then the method on the whole file;
 * **in memory**: the first lines of the same file loaded into memory (a slice of 1/8 of the
   spectra), then the same call.
@@ -131,7 +131,7 @@ def child(method: str, path: str, mode: str, epochs: int, anomaly_epochs: int,
     import torch
 
     import hyperspy_mlspec
-    from hyperspy_mlspec import signal_io
+    from hyperspy_mlspec import signals as signal_io
 
     hs.preferences.General.show_progressbar = False
     # one core each for torch and dask: equal footing for both runs on a shared machine

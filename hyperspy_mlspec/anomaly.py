@@ -56,8 +56,9 @@ from typing import Any
 
 import numpy as np
 
-from hyperspy_mlspec import signal_io as sio
-from hyperspy_mlspec.axis import AxisInfo
+from hyperspy_mlspec import signals as sio
+from hyperspy_mlspec.arrays import AxisInfo, SpectraTable
+from hyperspy_mlspec.signals.outputs import axis_dict
 
 __all__ = [
     "AnomalyRegion",
@@ -258,7 +259,7 @@ def _blocked_row_scores(x: np.ndarray, mu: np.ndarray, metric: str, smoothing: f
     return np.concatenate(parts) if parts else np.empty(0)
 
 
-def _table_scores(model, table: sio.SpectraTable, metric: str,
+def _table_scores(model, table: SpectraTable, metric: str,
                   smoothing: float = 0.0) -> np.ndarray:
     """Scores of the rows of a table, computed (navigation-sized) even for lazy tables."""
     rows = table.rows
@@ -575,7 +576,7 @@ def _spectra_signal(signal, data: np.ndarray, title: str, axis: AxisInfo | None 
         sig_dict = dict(sig_axis.get_axis_dictionary(), navigate=False)
     else:
         units = sig_axis.units if sig_axis.units not in (None, "<undefined>") else None
-        sig_dict = axis.hyperspy_axis_dict(units)
+        sig_dict = axis_dict(axis, units)
     axes = []
     data = np.asarray(data)
     if data.ndim == 2:

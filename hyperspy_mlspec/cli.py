@@ -89,7 +89,7 @@ def add_dask_options(parser: argparse.ArgumentParser, lazy: bool = True) -> None
 
     :func:`main` runs every handler inside :func:`dask_scheduler` for the parsed
     ``--scheduler``, so a subcommand only has to call this and pass ``args.lazy`` on to
-    its loading code (e.g. :func:`hyperspy_mlspec.signal_io.load`).
+    its loading code (e.g. :func:`hyperspy_mlspec.signals.load`).
 
     Parameters
     ----------
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_one(path: Path, lazy: bool, verbose: bool = False, single_ok: bool = False):
     """Load a single 1-D-signal spectrum image (or spectrum, with ``single_ok``), or raise
     :class:`CLIError`."""
-    from hyperspy_mlspec import signal_io
+    from hyperspy_mlspec import signals as signal_io
 
     if not path.exists():
         raise CLIError("no such file")
@@ -303,7 +303,7 @@ def _signal_mask(s, signal_range) -> Any:
     """HyperSpy's signal_mask (True = excluded) for a signal range, or None."""
     import numpy as np
 
-    from hyperspy_mlspec import signal_io
+    from hyperspy_mlspec import signals as signal_io
 
     if signal_range is None:
         return None
@@ -533,7 +533,7 @@ def _training_rows(args: argparse.Namespace):
     cannot be used or the files do not share the signal axis."""
     import numpy as np
 
-    from hyperspy_mlspec import signal_io
+    from hyperspy_mlspec import signals as signal_io
 
     tables = []
     for path in (Path(f) for f in args.files):

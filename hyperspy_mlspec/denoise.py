@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hyperspy_mlspec import signal_io as sio
+from hyperspy_mlspec import signals as sio
 
 _TITLE_SUFFIX = "(DAE denoised)"
 

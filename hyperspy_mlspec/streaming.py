@@ -57,14 +57,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hyperspy_mlspec import signal_io as sio
+from hyperspy_mlspec import signals as sio
 from hyperspy_mlspec.anomaly import (
     _QUANTITY,
     _SCORE_VALUES,
     _blocked_row_scores,
     _reconstruct,
 )
-from hyperspy_mlspec.axis import AxisInfo, alignment
+from hyperspy_mlspec.arrays.axis import AxisInfo, alignment
 
 __all__ = ["StreamingMonitor"]
 
@@ -441,7 +441,7 @@ class StreamingMonitor:
         n_expected = getattr(model, "n_features_in_", None)
         axis_dict = getattr(model, "signal_axis_", None)
         if axis_dict is not None:
-            data_axis = AxisInfo.from_axis(template.axes_manager.signal_axes[0])
+            data_axis = sio.axis_info(template.axes_manager.signal_axes[0])
             return alignment(data_axis, AxisInfo.from_dict(axis_dict))
         if n_expected is not None and int(n_expected) != self.n_channels:
             raise ValueError(f"the model expects {n_expected} channels but the spectra have "

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import hyperspy_mlspec
-from hyperspy_mlspec import signal_io as sio
+from hyperspy_mlspec import signals as sio
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 from dask.callbacks import Callback
 
 import hyperspy_mlspec
-from hyperspy_mlspec import signal_io as sio
+from hyperspy_mlspec import signals as sio
 from hyperspy_mlspec.engine import remote
 from hyperspy_mlspec.engine.sources import DaskSource
 

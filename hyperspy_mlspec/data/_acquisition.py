@@ -43,7 +43,7 @@ def simulate_acquisition(signal, rows_per_step: int = 1, *, order: str = "raster
     >>> positions.shape, spectra.shape
     ((6, 2), (6, 32))
     """
-    from hyperspy_mlspec.signal_io import check_signal
+    from hyperspy_mlspec.signals import check_signal
 
     check_signal(signal)
     nav_dim = signal.axes_manager.navigation_dimension

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import glob
 import math
 import numbers
 import os
@@ -53,8 +52,14 @@ import torch
 from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from hyperspy_mlspec import signal_io as sio
-from hyperspy_mlspec.axis import AxisInfo, alignment, convert, parse_position
+from hyperspy_mlspec.arrays import (
+    AxisInfo,
+    SpectraTable,
+    alignment,
+    as_tables,
+    convert,
+    parse_position,
+)
 from hyperspy_mlspec.engine import ArraySource, DaskSource, PoolSource, resolve_device, train
 from hyperspy_mlspec.engine.sources import RowSource, validation_rows
 from hyperspy_mlspec.estimators.base import SpectralEstimator, is_dask
@@ -63,7 +68,6 @@ from hyperspy_mlspec.models.mae import POOLINGS, MaskedSpectrumTransformer, inje
 NORMALIZATIONS = ("auto", "log", "standard")
 _ARCH = ("n_channels", "patch_size", "embed_dim", "depth", "heads", "decoder_dim",
          "decoder_depth", "decoder_heads")
-_GLOB_CHARS = set("*?[")
 _LORA_VALIDATION = 0.2  # labels held out to stop LoRA training (with >= 50 labels)
 
 
@@ -118,26 +122,8 @@ def _as_list(X: Any) -> list:
     return [X]
 
 
-def _expand_path(path: str | os.PathLike) -> list[Path]:
-    text = str(path)
-    if _GLOB_CHARS & set(text):
-        found = sorted(glob.glob(text, recursive=True))
-        if not found:
-            raise FileNotFoundError(f"no file matches {text!r}")
-        return [Path(p) for p in found]
-    if not Path(text).exists():
-        raise FileNotFoundError(f"no such file: {text!r}")
-    return [Path(text)]
-
-
-def _load_file(path: Path) -> list:
-    import hyperspy.api as hs
-
-    try:
-        loaded = hs.load(str(path), lazy=True)
-    except Exception as exc:  # readers raise many types; the message is what matters
-        raise ValueError(f"cannot read {path}: {exc}") from None
-    return loaded if isinstance(loaded, list) else [loaded]
+def _title(t: SpectraTable) -> str:
+    return t.name.strip("'")
 
 
 class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
@@ -357,18 +343,12 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
                 "range).") from None
         return lo, hi
 
-    def _resolve_range(self, items: list) -> None:
+    def _resolve_range(self, tables: list[SpectraTable]) -> None:
         """Fix ``signal_range_`` = ``[start, end, units]`` from the parameter and the pool."""
         if self.signal_range is None:
             self.signal_range_ = None
             return
-        units = None
-        for it in items:
-            if hasattr(it, "axes_manager"):
-                u = it.axes_manager.signal_axes[0].units
-                if u not in (None, "", "<undefined>"):
-                    units = u
-                    break
+        units = next((t.axis.units for t in tables if t.axis.units is not None), None)
         if units is None:
             raise ValueError("signal_range needs calibrated signals (with axis units) in the "
                              "pool; none has units. Use signal_range=None.")
@@ -395,101 +375,63 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             raise ValueError(f"{name}: {exc}") from None
         return fn, target
 
-    def _signal_table(self, signal, navigation_mask=None, name: str | None = None,
-                      check_finite: bool = True) -> sio.SpectraTable:
-        """Rows of a signal on the model's grid (resampled when needed), lazy stays lazy."""
-        name = name or repr(signal.metadata.General.title or type(signal).__name__)
-        t = sio.table(signal, navigation_mask, check_finite=check_finite)
+    def _grid(self, t: SpectraTable):
+        """``(t restricted to the common signal_range, resampling function or None, the
+        model's grid)``: how ``t`` reaches the model."""
         rng = getattr(self, "signal_range_", None)
         if rng is not None:  # keep only channels in (a half-step around) the common range
-            ax = signal.axes_manager.signal_axes[0]
-            lo, hi = self._range_for(t.axis, name)
-            half = 0.5 * abs(float(ax.scale)) if hasattr(ax, "scale") else 0.0
-            keep = np.flatnonzero((t.axis.values >= lo - half) & (t.axis.values <= hi + half))
+            if t.axis.units is None and t.reassemble is None:
+                raise ValueError(f"{t.name}: an array has no energy axis to apply "
+                                 "signal_range to; wrap it in a HyperSpy signal with a "
+                                 "calibrated axis, or use signal_range=None.")
+            lo, hi = self._range_for(t.axis, t.name)
+            values = t.axis.values
+            half = 0.5 * float(np.median(np.abs(np.diff(values)))) if values.size > 1 else 0.0
+            keep = np.flatnonzero((values >= lo - half) & (values <= hi + half))
             if keep.size < 2:
-                raise ValueError(f"{name} covers {t.axis.values.min():.4g}-"
-                                 f"{t.axis.values.max():.4g} {t.axis.units}, outside "
-                                 f"signal_range {lo:.4g}-{hi:.4g}")
-            t = sio.SpectraTable(t.rows[:, keep], t.nav_index, t.nav_shape, keep,
-                                 AxisInfo(t.axis.name, t.axis.units, t.axis.values[keep]),
-                                 t.lazy)
-        fn, target = self._resampler(t.axis, name)
-        rows = t.rows
-        if fn is not None:
-            rows = (rows.map_blocks(fn, chunks=(rows.chunks[0], (self.n_channels,)),
-                                    dtype=np.float32) if t.lazy else fn(rows))
-        return sio.SpectraTable(rows, t.nav_index, t.nav_shape, None, target, t.lazy)
+                raise ValueError(f"{t.name} covers {values.min():.4g}-{values.max():.4g} "
+                                 f"{t.axis.units}, outside signal_range {lo:.4g}-{hi:.4g}")
+            channels = keep if t.channels is None else t.channels[keep]
+            t = t.with_rows(t.rows[:, keep], AxisInfo(t.axis.name, t.axis.units,
+                                                      values[keep]), channels)
+        fn, target = self._resampler(t.axis, t.name)
+        return t, fn, target
 
-    def table_for_signal(self, signal, navigation_mask=None) -> sio.SpectraTable:
-        """Rows of ``signal`` as this model sees them (used by :func:`signal_io.table_for_model`,
-        so ``s.mlspec.cluster(model=mae)`` and friends resample like :meth:`transform`)."""
+    def prepare_table(self, table: SpectraTable) -> SpectraTable:
+        """``table`` as this model sees it: on its grid (resampled like the pretraining
+        data). Used for every input, so ``s.mlspec.cluster(model=mae)`` and friends
+        resample like :meth:`transform`."""
         check_is_fitted(self, "module_")
-        return self._signal_table(signal, navigation_mask)
-
-    def _array_rows(self, X, name: str):
-        """Rows of a 2-D array on the model's grid (numpy or dask), uncalibrated."""
-        if not is_dask(X):
-            X = np.asarray(X)
-        if X.ndim != 2:
-            raise ValueError(f"{name}: expected a 2-D array of spectra (n_spectra, n_channels), "
-                             f"got shape {X.shape}")
-        if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool) or np.issubdtype(
-                X.dtype, np.complexfloating):
-            raise ValueError(f"{name}: expected real numbers, got dtype {X.dtype}")
-        if getattr(self, "signal_range_", None) is not None:
-            raise ValueError(f"{name}: an array has no energy axis to apply signal_range to; "
-                             "wrap it in a HyperSpy signal with a calibrated axis, or use "
-                             "signal_range=None.")
-        axis = AxisInfo("channel", None, np.arange(X.shape[1], dtype=np.float64))
-        fn, _ = self._resampler(axis, name)
-        return X, fn, axis
+        t, fn, target = self._grid(table)
+        return t.with_rows(t.rows if fn is None else t.map_rows(fn, self.n_channels), target,
+                           t.channels if fn is None else None)
 
     def _items(self, X) -> list[_Item]:
-        entries: list[tuple[Any, str, str]] = []  # (object, kind, name)
+        tables: list[SpectraTable] = []
         for k, obj in enumerate(_as_list(X)):
-            if isinstance(obj, (str, os.PathLike)):
-                for path in _expand_path(obj):
-                    signals = _load_file(path)
-                    for j, s in enumerate(signals):
-                        entries.append((s, "file", str(path) + (f"[{j}]" if len(signals) > 1
-                                                                else "")))
-            elif hasattr(obj, "axes_manager"):
-                entries.append((obj, "signal", f"item {k} "
-                                f"({obj.metadata.General.title or type(obj).__name__})"))
-            elif is_dask(obj) or isinstance(obj, np.ndarray):
-                entries.append((obj, "array", f"item {k} (array {tuple(obj.shape)})"))
-            else:
-                raise TypeError(f"item {k}: expected a HyperSpy signal, a 2-D numpy/dask "
-                                f"array, or a file path/glob, got {type(obj).__name__}")
-        if not entries:
+            name = f"item {k}"
+            if is_dask(obj) or isinstance(obj, np.ndarray):
+                name += f" (array {tuple(obj.shape)})"
+            tables.extend(as_tables(obj, name))
+        if not tables:
             raise ValueError("no spectra to fit: the list of signals is empty")
-        self._resolve_range([e[0] for e in entries])
+        self._resolve_range(tables)
         items = []
-        for obj, kind, name in entries:
-            if kind == "array":
-                rows, fn, axis = self._array_rows(obj, name)
-                lazy = is_dask(rows)
-                record_range = [0.0, float(axis.size - 1)]
-                units = None
-            else:
-                sio.check_signal(obj)
-                t = sio.table(obj)
-                rows, lazy, axis = t.rows, t.lazy, t.axis
-                if getattr(self, "signal_range_", None) is None:
-                    fn, _ = self._resampler(axis, name)
-                    record_range = [float(axis.values.min()), float(axis.values.max())]
-                else:  # restrict then resample: reuse the inference path's channel selection
-                    tt = self._signal_table(obj, name=name, check_finite=False)
-                    rows, fn = tt.rows, None
-                    record_range = [float(tt.axis.values[0]), float(tt.axis.values[-1])]
-                units = axis.units
-            if rows.shape[0] < 1:
-                raise ValueError(f"{name} holds no spectra")
-            source = DaskSource(rows) if lazy else ArraySource(rows)
-            record = {"name": name, "kind": kind, "n_spectra": int(rows.shape[0]),
-                      "n_channels": int(axis.size), "range": record_range, "units": units,
-                      "resampled": bool(fn is not None or axis.size != self.n_channels),
-                      "lazy": bool(lazy)}
+        for t in tables:
+            kind = "array" if t.reassemble is None else (
+                "signal" if t.name.startswith("item ") else "file")
+            restricted, fn, _ = self._grid(t)
+            if t.rows.shape[0] < 1:
+                raise ValueError(f"{t.name} holds no spectra")
+            span = restricted.axis.values
+            rows = restricted.rows
+            source = DaskSource(rows) if restricted.lazy else ArraySource(rows)
+            record = {"name": t.name, "kind": kind, "n_spectra": int(rows.shape[0]),
+                      "n_channels": int(t.axis.size),
+                      "range": [float(span.min()), float(span.max())],
+                      "units": t.axis.units,
+                      "resampled": bool(fn is not None or t.axis.size != self.n_channels),
+                      "lazy": bool(restricted.lazy)}
             items.append(_Item(source, fn, record))
         return items
 
@@ -690,19 +632,13 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             return proba
         return proba.argmax(1, keepdim=True).float()
 
-    def _rows(self, X, navigation_mask=None):
-        """``(rows on the model grid, SpectraTable or None)`` for a signal or an array."""
+    def _table(self, X, navigation_mask=None) -> SpectraTable:
+        """One table of ``X`` (array, signal...) on the model's grid."""
         check_is_fitted(self, "module_")
-        if hasattr(X, "axes_manager"):
-            t = self._signal_table(X, navigation_mask)
-            return t.rows, t
-        if navigation_mask is not None:
-            raise ValueError("navigation_mask applies to signals; index the array instead")
-        rows, fn, _ = self._array_rows(X, "X")
-        if fn is not None:
-            rows = (rows.map_blocks(fn, chunks=(rows.chunks[0], (self.n_channels,)),
-                                    dtype=np.float32) if is_dask(rows) else fn(rows))
-        return rows, None
+        tables = as_tables(X, "X", navigation_mask)
+        if len(tables) != 1:
+            raise ValueError(f"X holds {len(tables)} signals; give one signal or array")
+        return self.prepare_table(tables[0])
 
     def transform(self, X, *, navigation_mask=None):
         """Embedding of every spectrum: ``(n_spectra, n_embedding)`` (see ``pooling``).
@@ -720,8 +656,8 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         -------
         ndarray or dask array
         """
-        rows, _ = self._rows(X, navigation_mask)
-        return self._map_rows(rows, self._embed_tensor, self.n_embedding)
+        return self._map_rows(self._table(X, navigation_mask).rows, self._embed_tensor,
+                              self.n_embedding)
 
     def embed(self, signal, navigation_mask=None):
         """Embedding per pixel as a Signal1D (signal axis ``"embedding"`` of
@@ -739,20 +675,20 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         hyperspy.signals.Signal1D
             Navigation axes of ``signal``; recorded in ``metadata.MLSpec``.
         """
-        rows, t = self._rows(signal, navigation_mask)
-        codes = t.scatter(self._map_rows(rows, self._embed_tensor, self.n_embedding))
-        out = sio.vector_signal(signal, codes, "MAE embedding of "
-                                f"{signal.metadata.General.title}", "embedding")
-        sio.record(out, "embed", model=type(self).__name__, embed_dim=int(self.embed_dim),
-                   pooling=self.module_.pooling, n_segments=int(self.module_.n_segments),
-                   n_channels=int(self.n_channels), normalization=self.normalization_,
-                   signal_range=self.signal_range_, n_epochs=int(self.n_epochs_))
-        return out
+        t = self._table(signal, navigation_mask)
+        codes = self._map_rows(t.rows, self._embed_tensor, self.n_embedding)
+        return t.vectors(codes, f"MAE embedding of {_title(t)}", "embedding",
+                         operation="embed", model=type(self).__name__,
+                         embed_dim=int(self.embed_dim), pooling=self.module_.pooling,
+                         n_segments=int(self.module_.n_segments),
+                         n_channels=int(self.n_channels), normalization=self.normalization_,
+                         signal_range=self.signal_range_, n_epochs=int(self.n_epochs_))
 
     # -- few-label heads --------------------------------------------------------------------
     def _labelled(self, X, y, navigation_mask) -> tuple[np.ndarray, np.ndarray]:
         """Labelled rows (numpy, on the model grid) and their targets."""
-        rows, t = self._rows(X, navigation_mask)
+        t = self._table(X, navigation_mask)
+        rows = t.rows
         if is_dask(rows):
             rows = rows.compute()  # only the labelled pixels: small
         rows = np.asarray(rows, dtype=np.float32)
@@ -762,7 +698,7 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             y = y.compute()
         y = np.asarray(y)
         n = len(rows)
-        if t is not None and t.nav_shape and y.shape[:len(t.nav_shape)] == t.nav_shape:
+        if t.reassemble is not None and y.shape[:len(t.nav_shape)] == t.nav_shape:
             # navigation-shaped labels (checked first: a 100x100 map with 100 labelled
             # pixels must not be read as 100 labels of 100 targets)
             y = y.reshape((t.n_nav,) + y.shape[len(t.nav_shape):])
@@ -771,12 +707,12 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
         elif y.ndim in (1, 2) and y.shape[0] == n:
             pass
         else:
-            where = (f"navigation_mask selects {n} of the {t.n_nav} pixels" if t is not None
-                     and t.nav_index is not None else f"X holds {n} spectra")
+            where = (f"navigation_mask selects {n} of the {t.n_nav} pixels"
+                     if t.nav_index is not None else f"X holds {n} spectra")
             raise ValueError(f"y has shape {y.shape} but {where}: give one label per labelled "
                              "spectrum"
                              + (f", or a navigation-shaped array {t.nav_shape}"
-                                if t is not None else ""))
+                                if t.reassemble is not None else ""))
         if n < 2:
             raise ValueError(f"at least 2 labelled spectra are needed, got {n}")
         return rows, y
@@ -993,13 +929,13 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
     def _probe_outputs(self, X, navigation_mask, what: str):
         if getattr(self, "_probe_net", None) is None:
             raise ValueError("no few-label head: call fit_probe(X, y) first")
-        rows, t = self._rows(X, navigation_mask)
+        t = self._table(X, navigation_mask)
         task = self.probe_["task"]
         if what in ("predict_proba",) and task != "classification":
             raise ValueError("predict_proba needs a classification head")
         n_out = (len(self.probe_["classes"]) if what == "predict_proba"
                  else (1 if task == "classification" else self.probe_["n_targets"]))
-        out = self._map_rows(rows, functools.partial(self._probe_tensor, what=what), n_out)
+        out = self._map_rows(t.rows, functools.partial(self._probe_tensor, what=what), n_out)
         return out, t
 
     def predict(self, X, *, navigation_mask=None):
@@ -1028,37 +964,28 @@ class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
             else:
                 out = classes[out.astype(int)]
             # labels are integers unless a mask leaves NaN holes
-            if t is not None and t.nav_index is not None:
+            if t.reassemble is not None and t.nav_index is not None:
                 out = out.astype(np.float64)
         squeeze = task == "classification" or not self.probe_["target_shape"]
-        if t is None:
-            return out[:, 0] if squeeze else out
-        data = t.scatter(out)
-        if squeeze:
-            data = data[..., 0]
+        details = dict(operation="predict", model=type(self).__name__,
+                       head=self.probe_["head"], task=task, n_labels=int(self.probe_["n_labels"]))
         title = ("MAE phase map" if task == "classification" else "MAE regression") + \
-            f" of {X.metadata.General.title}"
-        if data.ndim > len(t.nav_shape):  # several targets: one spectrum-like vector per pixel
-            res = sio.vector_signal(X, data, title, "target")
-        else:
-            res = sio.navigation_image(X, data, title, "class" if task == "classification"
-                                       else "value")
-        sio.record(res, "predict", model=type(self).__name__, head=self.probe_["head"],
-                   task=task, n_labels=int(self.probe_["n_labels"]))
-        return res
+            f" of {_title(t)}"
+        if not squeeze:  # several targets: one spectrum-like vector per pixel
+            return t.vectors(out, title, "target", **details)
+        if t.reassemble is None:
+            return out[:, 0]
+        return t.image(out[:, 0], title, "class" if task == "classification" else "value",
+                       **details)
 
     def predict_proba(self, X, *, navigation_mask=None):
         """Class probabilities ``(n, n_classes)``; for a signal a Signal1D with the
         navigation axes and a ``"class"`` signal axis (order of ``probe_["classes"]``).
         """
         out, t = self._probe_outputs(X, navigation_mask, "predict_proba")
-        if t is None:
-            return out
-        res = sio.vector_signal(X, t.scatter(out), "Class probabilities of "
-                                f"{X.metadata.General.title}", "class")
-        sio.record(res, "predict_proba", model=type(self).__name__,
-                   classes=self.probe_["classes"])
-        return res
+        return t.vectors(out, f"Class probabilities of {_title(t)}", "class",
+                         operation="predict_proba", model=type(self).__name__,
+                         classes=self.probe_["classes"])
 
     # -- persistence ------------------------------------------------------------------------
     def _fitted_arrays(self) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-_UNDEFINED = ("", "<undefined>", "undefined", None)
+UNDEFINED = ("", "<undefined>", "undefined", None)  # what "no units" looks like
 
 
 @lru_cache(maxsize=1)
@@ -32,7 +32,7 @@ def convert(values: Any, from_units: str | None, to_units: str | None) -> np.nda
     array([600.])
     """
     values = np.asarray(values, dtype=np.float64)
-    if from_units in _UNDEFINED or to_units in _UNDEFINED or from_units == to_units:
+    if from_units in UNDEFINED or to_units in UNDEFINED or from_units == to_units:
         return values
     ureg = _registry()
     try:
@@ -59,7 +59,7 @@ def parse_position(value: Any, units: str | None) -> float:
     quantity = ureg(value) if isinstance(value, str) else value
     if not hasattr(quantity, "to"):
         return float(quantity)
-    if units in _UNDEFINED:
+    if units in UNDEFINED:
         if quantity.dimensionless:
             return float(quantity.magnitude)
         raise ValueError(f"the signal axis has no units, so {value!r} cannot be placed on it; "
@@ -84,15 +84,6 @@ class AxisInfo:
     name: str
     units: str | None
     values: np.ndarray
-
-    @classmethod
-    def from_axis(cls, axis, channels: np.ndarray | None = None) -> AxisInfo:
-        """From a HyperSpy axis, optionally keeping selected channels only."""
-        values = np.asarray(axis.axis, dtype=np.float64)
-        if channels is not None:
-            values = values[channels]
-        units = axis.units if axis.units not in _UNDEFINED else None
-        return cls(str(axis.name), units, values)
 
     @property
     def size(self) -> int:
@@ -124,18 +115,6 @@ class AxisInfo:
             values = d["offset"] + d["scale"] * np.arange(d["size"])
         return cls(d["name"], d.get("units"), values)
 
-    def hyperspy_axis_dict(self, units: str | None = None) -> dict:
-        """Axis dict for building a signal (in ``units`` if given)."""
-        values = convert(self.values, self.units, units) if units else self.values
-        u = AxisInfo(self.name, units or self.units, values).uniform()
-        d: dict[str, Any] = {"name": self.name, "units": units or self.units or "<undefined>",
-                             "navigate": False}
-        if u is not None:
-            d.update(offset=u[0], scale=u[1], size=self.size)
-        else:
-            d["axis"] = values
-        return d
-
 
 def alignment(data_axis: AxisInfo, model_axis: AxisInfo, max_outside: float = 0.05):
     """How to bring spectra on ``data_axis`` onto ``model_axis``.
@@ -146,7 +125,7 @@ def alignment(data_axis: AxisInfo, model_axis: AxisInfo, max_outside: float = 0.
     than ``1 - max_outside`` of its channels.
     """
     model_units = model_axis.units
-    if (data_axis.units in _UNDEFINED) != (model_units in _UNDEFINED):
+    if (data_axis.units in UNDEFINED) != (model_units in UNDEFINED):
         if data_axis.size == model_axis.size:
             return None  # one side uncalibrated: trust the channel count
         raise ValueError(
@@ -158,7 +137,7 @@ def alignment(data_axis: AxisInfo, model_axis: AxisInfo, max_outside: float = 0.
     target = model_axis.values
     if x.size == target.size and np.allclose(x, target, rtol=0, atol=1e-6 * _step(target)):
         return None
-    if data_axis.units in _UNDEFINED and x.size != target.size:
+    if data_axis.units in UNDEFINED and x.size != target.size:
         raise ValueError(f"the model expects {target.size} channels but the signal has "
                          f"{x.size} and neither axis is calibrated.")
     order = np.argsort(x)

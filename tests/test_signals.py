@@ -5,8 +5,8 @@ import numpy as np
 import pint
 import pytest
 
-from hyperspy_mlspec import signal_io as sio
-from hyperspy_mlspec.axis import AxisInfo, alignment, convert, parse_position
+from hyperspy_mlspec import signals as sio
+from hyperspy_mlspec.arrays.axis import AxisInfo, alignment, convert, parse_position
 
 
 def test_parse_positions_in_units():
@@ -50,7 +50,7 @@ def test_non_uniform_axis_round_trip():
     s = hs.signals.Signal1D(np.ones((3, 10)), axes=[
         {"size": 3, "navigate": True},
         DataAxis(axis=energies, name="E", units="eV").get_axis_dictionary()])
-    info = AxisInfo.from_axis(s.axes_manager.signal_axes[0])
+    info = sio.axis_info(s.axes_manager.signal_axes[0])
     assert info.uniform() is None
     np.testing.assert_allclose(AxisInfo.from_dict(info.to_dict()).values, energies)
     out = sio.signal_like(s, np.zeros((3, 10)), "zeros")

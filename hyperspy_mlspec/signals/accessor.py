@@ -1,6 +1,6 @@
 """The ``s.mlspec`` namespace on every HyperSpy signal (like an xarray accessor).
 
-Thin glue only: each method turns the signal into rows with :mod:`hyperspy_mlspec.signal_io`,
+Thin glue only: each method turns the signal into rows with :mod:`hyperspy_mlspec.signals`,
 calls an estimator, and builds HyperSpy signals from the results. The namespace is created
 anew at each attribute access, so ``s.copy().mlspec`` is bound to the copy.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from hyperspy_mlspec import signal_io as sio
+from hyperspy_mlspec import signals as sio
 
 
 class _Prefitted:
@@ -113,9 +113,8 @@ class MLSpecNamespace:
             raise ValueError("decomposition needs several spectra; this signal holds one.")
         est = AutoencoderDecomposition(n_components=n_components,
                                        show_progressbar=show_progressbar, **estimator_params)
-        t = sio.table(s, navigation_mask, signal_mask, signal_range)
-        est.fit(t.rows)
-        est.signal_axis_ = t.axis.to_dict()
+        t = sio.fit_on_signal(est, s, navigation_mask=navigation_mask,
+                              signal_mask=signal_mask, signal_range=signal_range)
         hs_signal_mask = None
         if t.channels is not None:
             hs_signal_mask = np.ones(s.axes_manager.signal_axes[0].size, dtype=bool)
@@ -422,28 +421,9 @@ def _namespace(self) -> MLSpecNamespace:
     return MLSpecNamespace(self)
 
 
-def _hyperspy_show_progressbar(show: bool | None) -> bool:
-    if show is None:
-        from hyperspy.defaults_parser import preferences
-
-        return bool(preferences.General.show_progressbar)
-    return bool(show)
-
-
-def _hyperspy_bar(total: int | None, desc: str, unit: str):
-    from hyperspy.external.progressbar import progressbar
-
-    return progressbar(total=total, desc=desc, unit=unit, leave=False)
-
-
 def register() -> None:
-    """Attach ``mlspec`` to :class:`hyperspy.signal.BaseSignal` (idempotent, not cached)
-    and let the numeric core show progress the HyperSpy way (its preference, its bar)."""
+    """Attach ``mlspec`` to :class:`hyperspy.signal.BaseSignal` (idempotent, not cached)."""
     from hyperspy.signal import BaseSignal
-
-    from hyperspy_mlspec.engine import progress
-
-    progress.configure(resolve=_hyperspy_show_progressbar, bar=_hyperspy_bar)
 
     if not isinstance(getattr(BaseSignal, "mlspec", None), property):
         BaseSignal.mlspec = property(_namespace, doc="Machine-learning methods "

@@ -1,0 +1,210 @@
+"""Files: loading and saving signals for batch work, lazily and on dask.distributed.
+
+:func:`load` is ``hs.load`` with clear errors and lazily read HDF5 files made picklable
+(:class:`HDF5Slicer`), so dask graphs built on them run on worker processes; :func:`save`
+also writes lazy results computed on a cluster. :func:`expand_paths` resolves paths and
+globs; :func:`path_adapter` lets the numeric core take file paths where it takes arrays
+(e.g. ``MaskedAutoencoder().fit(["lab/**/*.hspy"])``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hyperspy_mlspec.signals.table import is_lazy
+
+_GLOB_CHARS = set("*?[")
+
+
+class HDF5Slicer:
+    """Array-like view of an HDF5 dataset given by file name and dataset path.
+
+    Unlike an open ``h5py.Dataset`` it pickles (as its file name and path), so dask graphs
+    built on it run on worker processes and ``dask.distributed`` clusters that see the same
+    file system. Each process opens the file once, read-only.
+    """
+
+    _files: dict = {}
+    _lock = threading.Lock()
+
+    def __init__(self, filename: str, name: str, shape: tuple, dtype) -> None:
+        self.filename, self.name = str(filename), str(name)
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
+
+    def __reduce__(self):
+        return (HDF5Slicer, (self.filename, self.name, self.shape, self.dtype.str))
+
+    def __getitem__(self, index):
+        import h5py
+
+        with HDF5Slicer._lock:
+            f = HDF5Slicer._files.get(self.filename)
+            if f is None or not f.id.valid:
+                f = HDF5Slicer._files[self.filename] = h5py.File(self.filename, "r")
+            return f[self.name][index]
+
+
+def portable(signal):
+    """Make a lazy signal read from an HDF5 file (``.hspy``, ``.h5``...) usable on worker
+    processes: its dask array reads through :class:`HDF5Slicer` (same chunks) instead of
+    holding the open, unpicklable ``h5py`` dataset. Other signals are returned unchanged.
+    The signal is changed in place (only ``signal.data``; values are identical) and returned.
+    """
+    if not is_lazy(signal):
+        return signal
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - h5py comes with HyperSpy
+        return signal
+    import dask.array as da
+
+    data = signal.data
+    graph = dict(data.__dask_graph__())
+    sources = [v for v in graph.values() if isinstance(v, h5py.Dataset)]
+    if len(sources) != 1 or sources[0].shape != data.shape:
+        return signal  # derived arrays: leave them as they are
+    dset = sources[0]
+    slicer = HDF5Slicer(dset.file.filename, dset.name, dset.shape, dset.dtype)
+    signal.data = da.from_array(slicer, chunks=data.chunks, name=f"hdf5-{data.name}",
+                                asarray=True)
+    return signal
+
+
+def load(path, lazy: bool = False, **kwargs: Any):
+    """``hyperspy.api.load`` with clear errors for command-line and batch work.
+
+    Lazily loaded HDF5-based files are made :func:`portable` (they then also run on
+    ``dask.distributed`` worker processes).
+
+    Parameters
+    ----------
+    path
+        A file HyperSpy reads.
+    lazy
+        Open lazily (data stay on disk and are read chunk by chunk).
+    **kwargs
+        Passed to ``hyperspy.api.load``.
+
+    Returns
+    -------
+    BaseSignal or list of BaseSignal
+
+    Raises
+    ------
+    ValueError
+        When the file's format cannot be read lazily, saying what to do instead.
+
+    Examples
+    --------
+    >>> s = load("map.hspy", lazy=True)  # doctest: +SKIP
+    """
+    import hyperspy.api as hs
+
+    try:
+        loaded = hs.load(str(path), lazy=lazy, **kwargs)
+    except NotImplementedError as exc:
+        if not lazy:
+            raise
+        raise ValueError(
+            f"{path}: this file format cannot be read lazily ({exc}). Load it without "
+            "lazy=True / --lazy if it fits in memory, or convert it once to a format that "
+            "can (e.g. hs.load(path).save('file.hspy', chunks=...), or .zspy), then work "
+            "on that file.") from None
+    if lazy:
+        for s in loaded if isinstance(loaded, list) else [loaded]:
+            portable(s)
+    return loaded
+
+
+def _distributed_client():
+    """The dask.distributed client computations currently go to, or None."""
+    import dask
+
+    scheduler = dask.config.get("scheduler", None)
+    if hasattr(scheduler, "submit"):  # a Client given as the scheduler
+        return scheduler
+    if scheduler not in (None, "dask.distributed"):
+        return None
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def save(signal, path, **kwargs: Any) -> None:
+    """``signal.save(path, **kwargs)`` that also works for lazy results computed on a
+    ``dask.distributed`` cluster.
+
+    HyperSpy writes lazy data with ``dask.array.store`` into an open HDF5 dataset, which
+    cannot travel to worker processes. With a distributed client active, each block is
+    computed on the cluster and written here, one block at a time (memory stays bounded by
+    the block size). Otherwise this is plain ``signal.save``.
+    """
+    client = _distributed_client() if is_lazy(signal) else None
+    if client is None:
+        signal.save(path, **kwargs)
+        return
+    import dask
+    import dask.array as da
+
+    remote = signal.data
+
+    def fetch(block_id=None):
+        return client.compute(remote.blocks[block_id]).result()
+
+    local = signal._deepcopy_with_new_data(
+        da.map_blocks(fetch, chunks=remote.chunks, dtype=remote.dtype,
+                      meta=np.empty((0,) * remote.ndim, remote.dtype)))
+    local.metadata.General.title = signal.metadata.General.title
+    with dask.config.set(scheduler="threads"):
+        local.save(path, **kwargs)
+
+
+def expand_paths(path: str | os.PathLike) -> list[Path]:
+    """The files a path or glob (``"maps/**/*.hspy"``, recursive) names, sorted.
+
+    Raises
+    ------
+    FileNotFoundError
+        When nothing matches.
+    """
+    text = str(path)
+    if _GLOB_CHARS & set(text):
+        found = sorted(glob.glob(text, recursive=True))
+        if not found:
+            raise FileNotFoundError(f"no file matches {text!r}")
+        return [Path(p) for p in found]
+    if not Path(text).exists():
+        raise FileNotFoundError(f"no such file: {text!r}")
+    return [Path(text)]
+
+
+def path_adapter(obj: Any, name: str, navigation_mask: Any):
+    """:func:`~hyperspy_mlspec.arrays.as_tables` for file paths and globs: every file is
+    opened lazily (read chunk by chunk, never whole) and each signal it holds is a table."""
+    from hyperspy_mlspec.signals.table import table
+
+    if not isinstance(obj, (str, os.PathLike)):
+        return None
+    if navigation_mask is not None:
+        raise ValueError(f"{name}: navigation_mask applies to one signal, not to files")
+    tables = []
+    for path in expand_paths(obj):
+        try:
+            loaded = load(path, lazy=True)
+        except Exception as exc:  # readers raise many types; the message is what matters
+            raise ValueError(f"cannot read {path}: {exc}") from None
+        signals = loaded if isinstance(loaded, list) else [loaded]
+        for j, s in enumerate(signals):
+            t = table(s)
+            t.name = str(path) + (f"[{j}]" if len(signals) > 1 else "")
+            tables.append(t)
+    return tables
