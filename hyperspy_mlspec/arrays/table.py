@@ -170,7 +170,8 @@ def register_adapter(adapter: Adapter) -> None:
     """Let :func:`as_tables` read another kind of object.
 
     ``adapter(obj, name, navigation_mask)`` returns a list of tables (a file may hold
-    several signals) or None when it does not handle ``obj``. Registering the same function twice is a no-op.
+    several signals) or None when it does not handle ``obj``. Registering the same
+    function twice is a no-op.
     """
     if adapter not in _adapters:
         _adapters.append(adapter)
