@@ -19,17 +19,17 @@ FORMAT = "hyperspy_mlspec.model"
 FORMAT_VERSION = 1
 
 
-def _estimator_classes() -> dict:
-    # explicit registry: loading never imports or executes anything named by the file
-    from hyperspy_mlspec.estimators import (
-        AutoencoderDecomposition,
-        DenoisingAutoencoder,
-        MaskedAutoencoder,
-    )
+_REGISTRY: dict[str, type] = {}
 
-    return {"AutoencoderDecomposition": AutoencoderDecomposition,
-            "DenoisingAutoencoder": DenoisingAutoencoder,
-            "MaskedAutoencoder": MaskedAutoencoder}
+
+def register_model(cls: type) -> type:
+    """Class decorator: ``cls`` can be saved and loaded by name.
+
+    The registry is explicit: loading never imports or executes anything a file names;
+    only registered classes are rebuilt (with ``cls(**params)`` and ``cls._restore``).
+    """
+    _REGISTRY[cls.__name__] = cls
+    return cls
 
 
 def _jsonable_params(estimator) -> dict:
@@ -43,6 +43,13 @@ def _jsonable_params(estimator) -> dict:
             value = None  # e.g. a RandomState instance: not reproducible from a file anyway
         params[key] = value
     return params
+
+
+def _version_of(package: str, version, not_found) -> str | None:
+    try:  # the installed version, without importing the package
+        return version(package)
+    except not_found:
+        return None
 
 
 def _checksum(config_json: str, tensors: dict[str, torch.Tensor]) -> str:
@@ -70,7 +77,8 @@ def save_model(estimator, path: str | os.PathLike | None) -> Path | bytes:
     >>> load_model(path).components_.shape
     (2, 16)
     """
-    import hyperspy
+    from importlib.metadata import PackageNotFoundError, version
+
     import sklearn
     from safetensors.torch import save, save_file
 
@@ -79,7 +87,7 @@ def save_model(estimator, path: str | os.PathLike | None) -> Path | bytes:
     if not hasattr(estimator, "module_"):
         raise ValueError("only fitted estimators can be saved: call fit first")
     name = type(estimator).__name__
-    if name not in _estimator_classes():
+    if _REGISTRY.get(name) is not type(estimator):
         raise TypeError(f"cannot save {name}: not a hyperspy_mlspec estimator")
     tensors = {f"module.{k}": v.detach().cpu().contiguous()
                for k, v in estimator.module_.state_dict().items()}
@@ -89,7 +97,8 @@ def save_model(estimator, path: str | os.PathLike | None) -> Path | bytes:
         "format": FORMAT, "format_version": FORMAT_VERSION, "estimator": name,
         "params": _jsonable_params(estimator), "fitted": estimator._fitted_config(),
         "versions": {"hyperspy_mlspec": __version__, "torch": torch.__version__,
-                     "hyperspy": hyperspy.__version__, "scikit-learn": sklearn.__version__,
+                     "hyperspy": _version_of("hyperspy", version, PackageNotFoundError),
+                     "scikit-learn": sklearn.__version__,
                      "numpy": np.__version__},
     }
     config_json = json.dumps(config, default=float)
@@ -178,7 +187,7 @@ def _from_parts(meta: dict, tensors: dict, path: str):
     if config.get("format") != FORMAT or config.get("format_version", 99) > FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported model format {config.get('format')!r} "
                          f"version {config.get('format_version')!r}; upgrade hyperspy_mlspec")
-    classes = _estimator_classes()
+    classes = _REGISTRY
     if config.get("estimator") not in classes:
         raise ValueError(f"{path}: unknown estimator {config.get('estimator')!r}")
     cls = classes[config["estimator"]]

@@ -11,8 +11,10 @@ from hyperspy_mlspec.engine.losses import gaussian_loss, poisson_deviance
 from hyperspy_mlspec.engine.sources import RowSource
 from hyperspy_mlspec.estimators.base import SpectralEstimator, stat_rows
 from hyperspy_mlspec.models import SpectralAutoencoder, default_hidden_sizes
+from hyperspy_mlspec.persistence import register_model
 
 
+@register_model
 class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
     """Autoencoder decomposition of spectra with a scikit-learn (and HyperSpy) interface.
 

@@ -51,6 +51,7 @@ from hyperspy_mlspec.engine.losses import (
 )
 from hyperspy_mlspec.estimators.base import SpectralEstimator, is_dask, looks_like_counts
 from hyperspy_mlspec.models.denoiser import ConvDenoiser, DenseDenoiser, default_hidden_sizes
+from hyperspy_mlspec.persistence import register_model
 
 NOISE_MODELS = ("poisson-split", "mask", "supervised")
 ARCHITECTURES = ("dense", "conv")
@@ -90,6 +91,7 @@ def _halves(x: torch.Tensor, k: int, seed: int):
         yield torch.minimum((0.5 * counts + 0.5 * root * z[i]).round().clamp_min(0), counts)
 
 
+@register_model
 class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
     """Denoise spectra with a neural network; scikit-learn API, ``transform`` denoises.
 

@@ -64,6 +64,7 @@ from hyperspy_mlspec.engine import ArraySource, DaskSource, PoolSource, resolve_
 from hyperspy_mlspec.engine.sources import RowSource, validation_rows
 from hyperspy_mlspec.estimators.base import SpectralEstimator, is_dask
 from hyperspy_mlspec.models.mae import POOLINGS, MaskedSpectrumTransformer, inject_lora
+from hyperspy_mlspec.persistence import register_model
 
 NORMALIZATIONS = ("auto", "log", "standard")
 _ARCH = ("n_channels", "patch_size", "embed_dim", "depth", "heads", "decoder_dim",
@@ -126,6 +127,7 @@ def _title(t: SpectraTable) -> str:
     return t.name.strip("'")
 
 
+@register_model
 class MaskedAutoencoder(TransformerMixin, SpectralEstimator):
     """Masked autoencoder for spectra (He et al. 2022), with few-label heads.
 

@@ -124,8 +124,18 @@ class MLSpecNamespace:
             flat = np.ones(t.n_nav, dtype=bool)
             flat[t.nav_index] = False
             hs_nav_mask = s._get_navigation_signal(data=flat.reshape(t.nav_shape)).T
-        s.decomposition(algorithm=_Prefitted(est), navigation_mask=hs_nav_mask,
-                        signal_mask=hs_signal_mask, print_info=print_info)
+        # HyperSpy's decomposition needs floats and works on the signal's own data (exspy's
+        # EDS default normalises it for Poisson noise in place, and back, with rounding):
+        # integer counts go through a float32 copy; the Poisson weighting is the
+        # estimator's own loss, so HyperSpy's is off for every signal type
+        work = s
+        if not np.issubdtype(s.data.dtype, np.floating):
+            work = s._deepcopy_with_new_data(s.data.astype(np.float32))
+        work.decomposition(algorithm=_Prefitted(est), navigation_mask=hs_nav_mask,
+                           signal_mask=hs_signal_mask, print_info=print_info,
+                           normalize_poissonian_noise=False)
+        if work is not s:
+            s.learning_results = work.learning_results
         s.learning_results.decomposition_algorithm = est
         return est
 
