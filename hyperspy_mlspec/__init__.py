@@ -12,6 +12,7 @@ Public API (everything else is internal):
 
 from hyperspy_mlspec import data  # noqa: E402
 from hyperspy_mlspec._version import __version__  # noqa: E402
+from hyperspy_mlspec.accessor import MLSpecNamespace, register  # noqa: E402
 from hyperspy_mlspec.anomaly import AnomalyResult, ClusterResult, plot_embedding  # noqa: E402
 from hyperspy_mlspec.estimators import (  # noqa: E402
     AutoencoderDecomposition,
@@ -19,11 +20,9 @@ from hyperspy_mlspec.estimators import (  # noqa: E402
     MaskedAutoencoder,
 )
 from hyperspy_mlspec.persistence import load_model  # noqa: E402
-from hyperspy_mlspec.signals import install  # noqa: E402
-from hyperspy_mlspec.signals.accessor import MLSpecNamespace  # noqa: E402
 from hyperspy_mlspec.streaming import StreamingMonitor  # noqa: E402
 
-install()
+register()
 
 __all__ = [
     "AnomalyResult",

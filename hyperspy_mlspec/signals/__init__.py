@@ -6,11 +6,11 @@
   metadata, operations recorded in ``metadata.MLSpec``;
 - :mod:`~hyperspy_mlspec.signals.fit`: the one "fit an estimator on a signal" path;
 - :mod:`~hyperspy_mlspec.signals.files`: load/save for batch work, lazily and on clusters;
-- :mod:`~hyperspy_mlspec.signals.accessor`: the ``s.mlspec`` namespace;
 - :mod:`~hyperspy_mlspec.signals.progress`: the core's progress bars the HyperSpy way.
 
-:func:`install` (run by ``import hyperspy_mlspec``) attaches the namespace and lets the core
-read signals and files and show progress.
+:func:`install` (run by ``import hyperspy_mlspec``) lets the core read signals and files and
+show progress. The ``s.mlspec`` namespace (:mod:`hyperspy_mlspec.accessor`) sits above this
+package and the workflows it calls.
 """
 
 from hyperspy_mlspec.signals.files import load, portable, save
@@ -35,14 +35,13 @@ from hyperspy_mlspec.signals.table import (
 
 
 def install() -> None:
-    """Attach ``s.mlspec``, register the signal and file adapters of the core, and route
-    its progress bars through HyperSpy (idempotent)."""
+    """Register the signal and file adapters of the core and route its progress bars
+    through HyperSpy (idempotent)."""
     from hyperspy_mlspec.arrays import register_adapter
-    from hyperspy_mlspec.signals import accessor, progress
+    from hyperspy_mlspec.signals import progress
     from hyperspy_mlspec.signals.files import path_adapter
     from hyperspy_mlspec.signals.table import signal_adapter
 
-    accessor.register()
     progress.install()
     register_adapter(signal_adapter)
     register_adapter(path_adapter)

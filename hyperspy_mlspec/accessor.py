@@ -432,8 +432,11 @@ def _namespace(self) -> MLSpecNamespace:
 
 
 def register() -> None:
-    """Attach ``mlspec`` to :class:`hyperspy.signal.BaseSignal` (idempotent, not cached)."""
+    """Attach ``mlspec`` to :class:`hyperspy.signal.BaseSignal` (idempotent, not cached) and
+    install the signal glue (:func:`hyperspy_mlspec.signals.install`)."""
     from hyperspy.signal import BaseSignal
+
+    sio.install()
 
     if not isinstance(getattr(BaseSignal, "mlspec", None), property):
         BaseSignal.mlspec = property(_namespace, doc="Machine-learning methods "
