@@ -411,6 +411,9 @@ class MLSpecNamespace:
         >>> phases = s.mlspec.predict(mae)  # doctest: +SKIP
         """
         model = _model(model)
+        if not hasattr(model, "predict"):  # the MAE is a predictor once fit_probe has run
+            raise ValueError(f"{type(model).__name__} has no few-label head yet: call "
+                             "model.fit_probe(signal, labels, navigation_mask=...) first")
         if proba:
             return model.predict_proba(self._signal, navigation_mask=navigation_mask)
         return model.predict(self._signal, navigation_mask=navigation_mask)
