@@ -109,8 +109,9 @@ class MLSpecNamespace:
         from hyperspy_mlspec.estimators import AutoencoderDecomposition
 
         s = self._signal
-        if s.axes_manager.navigation_dimension == 0:
-            raise ValueError("decomposition needs several spectra; this signal holds one.")
+        if s.axes_manager.navigation_size < 2:
+            raise ValueError("decomposition needs several spectra; this signal holds one. "
+                             "Decompose a line or a map (or stack spectra with hs.stack).")
         est = AutoencoderDecomposition(n_components=n_components,
                                        show_progressbar=show_progressbar, **estimator_params)
         t = sio.fit_on_signal(est, s, navigation_mask=navigation_mask,
