@@ -184,17 +184,27 @@ class MLSpecNamespace:
         return out
 
     # -- denoising --------------------------------------------------------------------------
-    def denoise(self, model=None, noise: str = "poisson-split", *, navigation_mask=None,
-                signal_range=None, return_residuals: bool = False,
-                residual_statistics: bool = False, show_progressbar: bool | None = None,
+    def denoise(self, model=None, noise: str = "poisson-split", *, spatial="auto",
+                align="auto", navigation_mask=None, signal_range=None,
+                return_residuals: bool = False, residual_statistics: bool = False,
+                return_shift: bool = False, show_progressbar: bool | None = None,
                 **estimator_params: Any):
-        """Denoise every spectrum with a denoising autoencoder (DAE).
+        """Denoise a spectrum image, using each pixel's neighbourhood on maps and line scans.
 
-        With no ``model``, a :class:`~hyperspy_mlspec.DenoisingAutoencoder` is trained on
-        the signal itself (self-supervised: no clean data needed) and applied to it; with a
-        fitted model (e.g. trained on simulations with ``noise="supervised"``, or on another
-        map, or the path of a saved one), that model is applied. For count data the
-        denoised spectra keep the total counts of each input spectrum.
+        Maps and line scans (``spatial="auto"``, the default): a
+        :class:`~hyperspy_mlspec.spatial.SpatialDenoiser` describes the spectra by their
+        significant principal components plus a few fine-structure components in short
+        energy windows, and filters each of them over the map with a blind-spot
+        (J-invariant) Gaussian whose width and strength the Noise2Self loss chooses from
+        the data, combined with the pixel's own value where neighbours do not predict it
+        (edges, rare pixels). The energy drift is estimated first and, when the map has
+        one, removed before pooling and restored after (``align``). No training, no
+        parameter to tune. ``spatial=False`` (and single spectra or grids of fewer than 16
+        pixels) fit the per-pixel self-supervised
+        :class:`~hyperspy_mlspec.DenoisingAutoencoder` instead. A fitted autoencoder
+        (``model``, e.g. trained on a simulation library with ``noise="supervised"``) is
+        applied pixel by pixel; with ``spatial=True`` it is applied to the spatially
+        denoised spectra.
 
         Parameters
         ----------
@@ -203,8 +213,18 @@ class MLSpecNamespace:
             A model trained on another energy axis is applied after resampling this signal
             onto it.
         noise
-            Noise model when fitting: ``"poisson-split"`` (counts, default) or ``"mask"``
-            (any data; use ``loss="mse"`` for data that are not counts).
+            Per-pixel autoencoder's noise model when fitting: ``"poisson-split"`` (counts,
+            default) or ``"mask"`` (any data; use ``loss="mse"`` for data that are not
+            counts). The spatial route finds its own (Poisson counts with any detector
+            gain, or Gaussian; force one with ``noise_model="poisson"``/``"gaussian"``).
+        spatial
+            ``"auto"`` (maps and line scans of 16 pixels or more, when no model is given),
+            True or False. True on a single spectrum raises an error.
+        align
+            ``"auto"`` (estimate the drift and remove it when it is significant: a spread
+            of at least 0.2 channel and three times its uncertainty), True (always) or
+            False. Needs a uniform signal axis; lazy signals are not aligned under
+            ``"auto"`` (True refuses them).
         navigation_mask
             True excludes a pixel from fitting and denoising (its output is NaN).
         signal_range
@@ -217,33 +237,83 @@ class MLSpecNamespace:
             of ``(x - d) / sqrt(d)`` per pixel, and ``"chi2_per_channel"``, the mean of
             ``(x - d)**2 / d``: about 0 and 1 where only noise was removed; structure that
             was discarded shows up as pixels well above 1.
+        return_shift
+            Also return the energy-shift map (spatial route; zeros when no alignment was
+            needed), as :meth:`estimate_shift` returns it.
         show_progressbar
             None follows ``hs.preferences.General.show_progressbar``.
         **estimator_params
-            Any :class:`~hyperspy_mlspec.DenoisingAutoencoder` parameter (fitting only).
+            Parameters of the :class:`~hyperspy_mlspec.spatial.SpatialDenoiser` (spatial
+            route) or of the :class:`~hyperspy_mlspec.DenoisingAutoencoder` (fitting,
+            per-pixel route).
 
         Returns
         -------
         BaseSignal or tuple
             The denoised signal (same class, axes and metadata, title ending in
-            "(DAE denoised)", lazy when ``s`` is lazy), followed by the residual signal
-            and/or the statistics dict when asked for.
+            "(spatially denoised)" or "(DAE denoised)", lazy when ``s`` is lazy), followed
+            by the residual signal, the statistics dict and/or the shift map when asked
+            for.
 
         Examples
         --------
         >>> import hyperspy_mlspec
         >>> s = hyperspy_mlspec.data.eels_map((16, 16), n_channels=128, dose=2)
-        >>> d, stats = s.mlspec.denoise(residual_statistics=True, epochs=5,
-        ...                             show_progressbar=False)
+        >>> d, stats = s.mlspec.denoise(residual_statistics=True, show_progressbar=False)
         >>> d.data.shape, stats["chi2_per_channel"].data.shape
         ((16, 16, 128), (16, 16))
+        >>> d = s.mlspec.denoise(spatial=False, epochs=5, show_progressbar=False)
         """
-        from hyperspy_mlspec.denoise import denoise_signal
+        from hyperspy_mlspec.workflows.denoise import denoise_signal
 
-        return denoise_signal(self._signal, model, noise, navigation_mask=navigation_mask,
-                              signal_range=signal_range, return_residuals=return_residuals,
+        return denoise_signal(self._signal, model, noise, spatial=spatial, align=align,
+                              navigation_mask=navigation_mask, signal_range=signal_range,
+                              return_residuals=return_residuals,
                               residual_statistics=residual_statistics,
-                              show_progressbar=show_progressbar, **estimator_params)
+                              return_shift=return_shift, show_progressbar=show_progressbar,
+                              **estimator_params)
+
+    def estimate_shift(self, *, navigation_mask=None, signal_range=None,
+                       return_uncertainty: bool = False):
+        """Per-pixel energy drift of a map or line scan, as a navigation-shaped signal.
+
+        Every pixel's spectrum, high-passed along energy (edges carry the shift, not the
+        background), is fitted by a few components of the aligned map plus the energy
+        derivative of that fit; the per-pixel estimates are averaged over neighbours in
+        space or along the acquisition order, with the kind and width of the averaging
+        chosen by the Noise2Self loss, and combined with each pixel's own estimate by its
+        precision (see :func:`hyperspy_mlspec.spatial.estimate_shift`). The map's mean
+        shift is 0. Used by ``denoise(align=...)``.
+
+        Parameters
+        ----------
+        navigation_mask
+            True excludes a pixel (its shift is NaN).
+        signal_range
+            ``(start, end)`` in axis units: estimate on these channels only (e.g. around
+            the edges that do not change with chemistry).
+        return_uncertainty
+            Also return the standard error of the shift, same axes.
+
+        Returns
+        -------
+        BaseSignal or tuple
+            Shift in the signal axis' units (``metadata.Signal.quantity``), navigation
+            axes of ``s`` (Signal2D for a map, Signal1D for a line scan). A pixel's
+            spectrum is the map's common spectrum moved by this amount.
+
+        Examples
+        --------
+        >>> import hyperspy_mlspec
+        >>> s = hyperspy_mlspec.data.eels_map((16, 16), n_channels=256, dose=20, drift=1.0)
+        >>> s.mlspec.estimate_shift().axes_manager.navigation_shape
+        ()
+        """
+        from hyperspy_mlspec.workflows.denoise import estimate_shift_signal
+
+        return estimate_shift_signal(self._signal, navigation_mask=navigation_mask,
+                                     signal_range=signal_range,
+                                     return_uncertainty=return_uncertainty)
 
     # -- anomalies, latent phase maps -------------------------------------------------------
     def anomaly_map(self, model=None, metric: str = "auto", *, navigation_mask=None,

@@ -78,17 +78,12 @@ def shift_spectra(X: np.ndarray, shift: np.ndarray) -> np.ndarray:
     pos = np.arange(n, dtype=np.float64)
     for start in range(0, len(flat), 4096):  # bounded temporaries
         rows = flat[start:start + 4096]
-        src = pos[None, :] - s_flat[start:start + 4096, None]
-        lo = np.floor(src)
-        frac = src - lo
-        i0 = np.clip(lo.astype(np.int64), 0, n - 1)
-        i1 = np.clip(i0 + 1, 0, n - 1)
-        i0 = np.where(src <= 0, 0, i0)
-        frac = np.where(src <= 0, 0.0, np.where(src >= n - 1, 0.0, frac))
-        i0 = np.where(src >= n - 1, n - 1, i0)
+        src = np.clip(pos[None, :] - s_flat[start:start + 4096, None], 0.0, n - 1.0)
+        i0 = np.minimum(src.astype(np.int64), n - 2) if n > 1 else np.zeros_like(src, int)
+        frac = (src - i0).astype(dtype)
         a = np.take_along_axis(rows, i0, axis=1)
-        b = np.take_along_axis(rows, i1, axis=1)
-        out[start:start + 4096] = a * (1.0 - frac) + b * frac
+        b = np.take_along_axis(rows, np.minimum(i0 + 1, n - 1), axis=1)
+        out[start:start + 4096] = a + (b - a) * frac
     return out.reshape(X.shape)
 
 
@@ -183,11 +178,16 @@ def _choose_pooling(hs: np.ndarray, v: np.ndarray, sigmas, axis_scale) -> _Pooli
     h = hs[..., 1]
     own = hs[..., 0] / np.maximum(h, 1e-300)
     ok = v & (h > 0)
-    candidates = [_Pooling("space", float(s)) for s in sigmas
-                  if not np.isfinite(s) or s * max(axis_scale) <= max(nav)]
     if len(nav) > 1:
+        # on maps, drift is pooled along the acquisition order only: instrumental drift is
+        # a function of time, while chemistry (a chemical shift looks like a drift on its
+        # edge) is organised in space, and spatial pooling would pick it up
         n = int(np.prod(nav))
-        candidates += [_Pooling("raster", s) for s in _RASTER_SIGMAS if s <= n / 4]
+        candidates = [_Pooling("raster", s) for s in _RASTER_SIGMAS if s <= n / 4]
+        candidates.append(_Pooling("space", math.inf))
+    else:
+        candidates = [_Pooling("space", float(s)) for s in sigmas
+                      if not np.isfinite(s) or s * max(axis_scale) <= max(nav)]
     best, best_loss = _Pooling("space", math.inf), math.inf
     for pooling in candidates:
         m = _apply_pooling(hs, pooling, v, axis_scale, blind=True)
@@ -233,8 +233,8 @@ def _high_pass(X: np.ndarray, width: float) -> np.ndarray:
 def estimate_shift(X: np.ndarray, valid: np.ndarray | None = None, *,
                    max_shift: float | None = None, n_components: int = 3,
                    sigmas: Sequence[float] = _SHIFT_SIGMAS,
-                   axis_scale: Sequence[float] | None = None, n_iter: int = 8,
-                   coarse: bool = True) -> ShiftEstimate:
+                   axis_scale: Sequence[float] | None = None, n_iter: int = 9,
+                   coarse: bool = False, max_pixels: int = 1024) -> ShiftEstimate:
     """Per-pixel energy shift (channels) of a spectrum image, regularised by its neighbours.
 
     Parameters
@@ -245,7 +245,7 @@ def estimate_shift(X: np.ndarray, valid: np.ndarray | None = None, *,
     valid
         Boolean ``nav_shape`` mask of pixels to use (None: all finite pixels).
     max_shift
-        Largest shift searched by the coarse step, in channels (None: ``max(3, D / 50)``).
+        Largest shift searched by the coarse step, in channels (None: ``max(3, D / 128)``).
     n_components
         Components of the aligned map fitted with each spectrum (chemistry, thickness).
     sigmas
@@ -256,7 +256,14 @@ def estimate_shift(X: np.ndarray, valid: np.ndarray | None = None, *,
     n_iter
         Largest number of Gauss-Newton iterations.
     coarse
-        Run the coarse cross-correlation step first (for shifts above ~2 channels).
+        Start from an integer-grid cross-correlation with the map mean (off by default:
+        the first iterations on energy-blurred spectra already capture shifts of
+        ``max_shift / 2`` channels).
+    max_pixels
+        Larger grids are binned (counts summed over blocks of pixels) to at most this many
+        pixels for the estimate, which is then interpolated back onto every pixel: at the
+        doses where binning matters a pixel's own shift is not measurable anyway, and the
+        estimate stays fast.
 
     Returns
     -------
@@ -280,18 +287,56 @@ def estimate_shift(X: np.ndarray, valid: np.ndarray | None = None, *,
         raise ValueError("estimate_shift needs spectra on a navigation grid: an array of "
                          f"shape nav_shape + (n_channels,), got shape {X.shape}")
     nav = X.shape[:-1]
+    n = int(np.prod(nav))
+    finite = np.isfinite(X).all(axis=-1)
+    v = finite if valid is None else (np.asarray(valid, dtype=bool) & finite)
+    if n <= max_pixels:
+        return _estimate(X, v, max_shift=max_shift, n_components=n_components, sigmas=sigmas,
+                         axis_scale=axis_scale, n_iter=n_iter, coarse=coarse)
+    factor = int(math.ceil((n / max_pixels) ** (1.0 / len(nav))))
+    Xb, vb = _bin(np.where(v[..., None], X, 0.0), v, factor)
+    est = _estimate(Xb, vb, max_shift=max_shift, n_components=n_components, sigmas=sigmas,
+                    axis_scale=axis_scale, n_iter=n_iter, coarse=coarse)
+    shift = _upsample(est.shift, nav, factor)
+    unc = _upsample(est.uncertainty, nav, factor)
+    return ShiftEstimate(np.where(v, shift, np.nan), np.where(v, unc, np.nan),
+                         est.sigma * (factor if est.pooling == "space" else factor**len(nav)),
+                         est.n_iter, est.pooling)
+
+
+def _bin(X: np.ndarray, v: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum counts over blocks of ``factor`` pixels along every navigation axis."""
+    out, vo = X, v.astype(np.float64)
+    for axis in range(v.ndim):
+        starts = np.arange(0, v.shape[axis], factor)
+        out = np.add.reduceat(out, starts, axis=axis)
+        vo = np.add.reduceat(vo, starts, axis=axis)
+    return out, vo > 0
+
+
+def _upsample(values: np.ndarray, nav: tuple[int, ...], factor: int) -> np.ndarray:
+    """Linear interpolation of a binned map back onto the full grid (NaN-safe)."""
+    from scipy import ndimage
+
+    ok = np.isfinite(values)
+    filled = np.where(ok, values, np.nanmean(values) if ok.any() else 0.0)
+    coords = np.meshgrid(*[(np.arange(m) + 0.5) / factor - 0.5 for m in nav], indexing="ij")
+    return ndimage.map_coordinates(filled, coords, order=1, mode="nearest")
+
+
+def _estimate(X: np.ndarray, v: np.ndarray, *, max_shift, n_components, sigmas, axis_scale,
+              n_iter, coarse) -> ShiftEstimate:
+    nav = X.shape[:-1]
     nd = len(nav)
     D = X.shape[-1]
     if D < 16:
         raise ValueError(f"estimating energy shifts needs at least 16 channels, got {D}")
-    finite = np.isfinite(X).all(axis=-1)
-    v = finite if valid is None else (np.asarray(valid, dtype=bool) & finite)
     if not v.any():
         raise ValueError("no valid pixel to estimate shifts from")
     X = np.maximum(np.where(v[..., None], X, 0.0), 0.0)  # Poisson-like weights
     n = int(np.prod(nav))
     axis_scale = tuple(axis_scale or (1.0,) * nd)
-    max_shift = int(max(3, round(D / 50))) if max_shift is None else int(math.ceil(max_shift))
+    max_shift = int(max(3, round(D / 128))) if max_shift is None else int(math.ceil(max_shift))
     max_shift = int(min(max_shift, D // 4))
     hp = min(_HIGH_PASS, D / 8)
     P0 = _pool(X, 1.5, v, axis_scale).reshape(n, D)  # weights and templates
@@ -314,17 +359,30 @@ def estimate_shift(X: np.ndarray, valid: np.ndarray | None = None, *,
         s = np.where(v, s - s[v].mean(), 0.0)
     else:
         s = np.zeros(nav)
-    step_sub = max(1, int(vf.sum()) // 2048)  # spectra used to fit the components
+    step_sub = max(1, int(vf.sum()) // 256)  # pooled spectra used to fit the components
     pooling = _Pooling("space", math.inf)
     h = np.zeros(n)
     it = 0
     W = 1.0 / np.maximum(P0[:, sel][:, used], 1e-12 * mean.max())
+    from scipy.ndimage import gaussian_filter1d
+
+    # coarse to fine: spectra blurred along energy first (a capture range of several
+    # channels for the linearisation), then sharp
+    widths = [max_shift / 2.0, max_shift / 4.0, 0.0]
+    HXs = HX[:, sel]
+    HPs = _high_pass(P0[:, sel], hp)
+    prev_width = None
     for it in range(1, n_iter + 1):
+        width = widths[min(len(widths) - 1, (it - 1) * len(widths) // max(n_iter, 1))]
+        if width != prev_width:
+            HXw = gaussian_filter1d(HXs, width, axis=1, mode="nearest") if width > 0 else HXs
+            HPw = gaussian_filter1d(HPs, width, axis=1, mode="nearest") if width > 0 else HPs
+            prev_width = width
         sf = s.reshape(-1)
-        HA = shift_spectra(HX[:, sel], -sf)[:, used]
+        HA = shift_spectra(HXw, -sf)[:, used]
         # components of the aligned, pooled, high-passed map (count units)
         sub = np.flatnonzero(vf)[::step_sub]
-        Ps = shift_spectra(_high_pass(P0[sub][:, sel], hp), -sf[sub])[:, used]
+        Ps = shift_spectra(HPw[sub], -sf[sub])[:, used]
         scale_c = np.sqrt(np.maximum(P0[sub][:, sel][:, used].mean(axis=0), 1e-12))
         mu = Ps.mean(axis=0)
         k = int(max(0, min(n_components - 1, len(sub) - 1)))
@@ -344,20 +402,22 @@ def estimate_shift(X: np.ndarray, valid: np.ndarray | None = None, *,
         full_basis = np.zeros((len(basis), hi - lo))
         full_basis[:, used] = basis
         dbasis = np.gradient(full_basis, axis=1)[:, used]
-        G = np.einsum("kc,nc,lc->nkl", basis, W, basis)
+        WB = W[:, None, :] * basis[None, :, :]  # (n, k, c)
+        G = WB @ basis.T
         ridge = 1e-9 * np.trace(G, axis1=1, axis2=2)[:, None, None] * np.eye(len(basis))
         Ginv = np.linalg.inv(G + ridge + 1e-300 * np.eye(len(basis)))
-        a = np.einsum("nkl,lc,nc,nc->nk", Ginv, basis, W, HA)
+        a = (Ginv @ (WB @ HA[:, :, None]))[..., 0]
         resid = HA - a @ basis
         g = a @ dbasis  # d model / d (s - s_true)
-        cross = np.einsum("kc,nc,nc->nk", basis, W, g)
-        g = g - np.einsum("nk,nkl,lc->nc", cross, Ginv, basis)  # amplitudes eliminated
+        cross = (WB @ g[:, :, None])[..., 0]
+        g = g - ((cross[:, None, :] @ Ginv)[:, 0, :]) @ basis  # amplitudes eliminated
         b = (g * W * resid).sum(axis=1)
         h = np.where(vf, (g * W * g).sum(axis=1), 0.0)
         # aligned x(c) ~ S(c + s - s_true) ~ fit + (s - s_true) fit': own estimate of s_true
         own = sf - b / np.maximum(h, 1e-300)
         hs = np.stack([h * np.where(vf, own, 0.0), h], axis=-1).reshape(nav + (2,))
-        if it <= 2:
+        if it == 1 or width != widths[min(len(widths) - 1, (it - 2) * len(widths)
+                                            // max(n_iter, 1))]:
             pooling = _choose_pooling(hs, v, sigmas, axis_scale)
         # neighbours' blind-spot prediction, then the posterior mean with the pixel's own
         # estimate: prior variance tau2 around the prediction (per-pixel jitter) estimated
@@ -375,7 +435,7 @@ def estimate_shift(X: np.ndarray, valid: np.ndarray | None = None, *,
         new = np.where(v, new - new[v].mean(), 0.0)
         step = float(np.abs(new - s)[v].max())
         s = new
-        if step < 2e-3:
+        if step < 2e-3 and width == 0.0:
             break
     unc = _uncertainty(h.reshape(nav), v, pooling, axis_scale)
     return ShiftEstimate(np.where(v, s, np.nan), np.where(v, unc, np.nan), pooling.sigma,
