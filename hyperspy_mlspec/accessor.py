@@ -218,8 +218,10 @@ class MLSpecNamespace:
             counts). The spatial route finds its own (Poisson counts with any detector
             gain, or Gaussian; force one with ``noise_model="poisson"``/``"gaussian"``).
         spatial
-            ``"auto"`` (maps and line scans of 16 pixels or more, when no model is given),
-            True or False. True on a single spectrum raises an error.
+            ``"auto"``: the spatial route on maps and line scans of 16 pixels or more,
+            unless a ``model``, another ``noise`` or autoencoder parameters (``epochs``,
+            ``architecture``...) are given; True or False. True on a single spectrum
+            raises an error.
         align
             ``"auto"`` (estimate the drift and remove it when it is significant: a spread
             of at least 0.2 channel and three times its uncertainty), True (always) or
@@ -264,7 +266,7 @@ class MLSpecNamespace:
         ((16, 16, 128), (16, 16))
         >>> d = s.mlspec.denoise(spatial=False, epochs=5, show_progressbar=False)
         """
-        from hyperspy_mlspec.workflows.denoise import denoise_signal
+        from hyperspy_mlspec.denoise import denoise_signal
 
         return denoise_signal(self._signal, model, noise, spatial=spatial, align=align,
                               navigation_mask=navigation_mask, signal_range=signal_range,
@@ -309,7 +311,7 @@ class MLSpecNamespace:
         >>> s.mlspec.estimate_shift().axes_manager.navigation_shape
         ()
         """
-        from hyperspy_mlspec.workflows.denoise import estimate_shift_signal
+        from hyperspy_mlspec.denoise import estimate_shift_signal
 
         return estimate_shift_signal(self._signal, navigation_mask=navigation_mask,
                                      signal_range=signal_range,

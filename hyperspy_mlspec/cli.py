@@ -451,7 +451,7 @@ def _run_files(label: str, run, args: argparse.Namespace) -> int:
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
-    from hyperspy_mlspec.workflows.denoise import denoise_files
+    from hyperspy_mlspec.denoise import denoise_files
 
     params = {} if args.seed is None else {"random_state": args.seed}
     return _run_files("denoised", lambda p: denoise_files(

@@ -9,7 +9,7 @@ import pytest
 import hyperspy_mlspec
 from hyperspy_mlspec import DenoisingAutoencoder, load_model
 from hyperspy_mlspec.data import eels_map
-from hyperspy_mlspec.workflows.denoise import denoise_files, normalized_residuals
+from hyperspy_mlspec.denoise import denoise_files, normalized_residuals
 
 N_CH = 128
 FAST = {"random_state": 0, "show_progressbar": False}
@@ -35,7 +35,7 @@ def fitted(eels):
     original = s.data.copy()
     denoised, residuals, stats = s.mlspec.denoise(return_residuals=True,
                                                   residual_statistics=True, **FAST)
-    model = hyperspy_mlspec.workflows.denoise.fit_denoiser(s, **FAST)
+    model = hyperspy_mlspec.denoise.fit_denoiser(s, **FAST)
     return {"s": s, "truth": truth, "original": original, "denoised": denoised,
             "residuals": residuals, "stats": stats, "model": model}
 

@@ -6,7 +6,8 @@ SpatialDenoiser`, with the energy drift estimated and removed first when there i
 ``spatial=False`` (and single spectra) fit the per-pixel
 :class:`~hyperspy_mlspec.DenoisingAutoencoder`; a fitted autoencoder (e.g. trained on a
 simulation library) is applied pixel by pixel, after the spatial step when ``spatial``
-is on. :func:`estimate_shift_signal` is ``s.mlspec.estimate_shift``. :func:`denoise_files`
+is on (``spatial="auto"`` picks the network when autoencoder parameters such as
+``epochs`` are given). :func:`estimate_shift_signal` is ``s.mlspec.estimate_shift``. :func:`denoise_files`
 does the same for files on disk (what ``hyperspy-mlspec denoise FILES... --out DIR``
 calls).
 """
@@ -140,7 +141,7 @@ def denoise_signal(signal, model=None, noise: str = "poisson-split", *, spatial=
     'Synthetic EELS map (dose=5) (DAE denoised)'
     """
     sio.check_signal(signal)
-    if not _use_spatial(signal, spatial, model):
+    if not _use_spatial(signal, spatial, model, estimator_params, noise):
         if return_shift:
             raise ValueError("return_shift=True needs the spatial route (spatial=True or "
                              "'auto' on a map); the per-pixel model does not align spectra.")
@@ -164,14 +165,18 @@ def _spatial_denoise(signal, model, noise, *, align, navigation_mask, signal_ran
     import warnings
 
     s = signal
-    if noise not in ("poisson-split", "mask"):
+    if noise != "poisson-split":
         raise ValueError(
             f"noise={noise!r} selects a per-pixel autoencoder's noise model; the spatial route "
             "finds its noise model itself (Poisson counts, with any detector gain, or "
             "Gaussian). Pass noise_model='poisson' or 'gaussian' to force one, or "
             "spatial=False for the autoencoder.")
+    estimator_params = dict(estimator_params)
     if "noise_model" in estimator_params:
         estimator_params["noise"] = estimator_params.pop("noise_model")
+    if "axis_scale" in estimator_params:
+        raise TypeError("axis_scale comes from the navigation axes' calibration; set the "
+                        "axes' scales instead.")
     if model is not None:
         model = _resolve_model(model)
     lazy = sio.is_lazy(s)
@@ -473,15 +478,34 @@ def _check_spatial_signal(signal, spatial) -> None:
                          "use spatial=False.")
 
 
-def _use_spatial(signal, spatial, model) -> bool:
+def _spatial_params() -> set[str]:
+    from hyperspy_mlspec.spatial import SpatialDenoiser
+
+    return set(SpatialDenoiser().get_params()) | {"noise_model"}
+
+
+def _use_spatial(signal, spatial, model, params: dict | None = None,
+                 noise: str = "poisson-split") -> bool:
+    """Whether the spatial route applies. Under ``"auto"``: maps and line scans of at least
+    16 pixels, unless a model, an autoencoder noise model other than the default or
+    per-pixel autoencoder parameters (``epochs``...) are given (they ask for the
+    network)."""
     if spatial not in ("auto", True, False):
         raise ValueError(f"spatial must be 'auto', True or False, got {spatial!r}")
+    own = _spatial_params()
+    foreign = sorted(set(params or {}) - own - {"axis_scale"})
     if spatial == "auto":
         nd = signal.axes_manager.navigation_dimension
         n = int(np.prod(signal.data.shape[:nd])) if nd else 1
-        return nd >= 1 and n >= _MIN_SPATIAL_PIXELS and model is None
+        return (nd >= 1 and n >= _MIN_SPATIAL_PIXELS and model is None and not foreign
+                and noise == "poisson-split")
     if spatial:
         _check_spatial_signal(signal, spatial)
+        if foreign:
+            raise TypeError(
+                f"{foreign} are not parameters of the spatial route (SpatialDenoiser takes "
+                f"{sorted(own - {'axis_scale', 'noise'})}); for the per-pixel autoencoder "
+                "use spatial=False.")
     return bool(spatial)
 
 
