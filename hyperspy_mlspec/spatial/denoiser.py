@@ -281,8 +281,9 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
             return np.ones(X.shape[:-1], dtype=np.float32)
         totals = X.sum(axis=-1, dtype=np.float64)[..., None]
         pooled = _smooth(totals, _BASIS_SIGMA, v, axis_scale)[..., 0]
-        ref = max(float(totals[v].mean()), 1e-12)
-        return np.sqrt(np.maximum(pooled / ref, 1e-3)).astype(np.float32)
+        if not hasattr(self, "mean_total_"):  # fitting: the map's mean, kept for transform
+            self.mean_total_ = max(float(totals[v].mean()), 1e-12)
+        return np.sqrt(np.maximum(pooled / self.mean_total_, 1e-3)).astype(np.float32)
 
     def _fit_array(self, X: np.ndarray, valid: np.ndarray | None) -> None:
         nav = X.shape[:-1]
@@ -308,6 +309,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         if not np.any(sample):
             raise ValueError("every spectrum is zero: there is nothing to denoise")
         self.noise_ = noise
+        self.__dict__.pop("mean_total_", None)  # refitting
         n = int(np.prod(nav))
         vf = v.reshape(-1)
         if noise == "poisson":
@@ -616,9 +618,13 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         var = self._coordinate_variance(self.choice_.beta.shape[0])
         model = self
 
+        chunks = X.chunks
+
         def block(x, m, block_info=None):
-            loc = block_info[0]["array-location"]
-            starts = [int(loc[a][0]) for a in range(nd)]
+            # global index of the block's first interior pixel, from its position in the
+            # grid of (non-overlapped) chunks
+            idx = block_info[0]["chunk-location"]
+            starts = [int(sum(chunks[a][:idx[a]])) for a in range(nd)]
             # the halo-extended block, with the map's borders reflected by map_overlap
             x = np.asarray(x, dtype=np.float32)
             finite = np.isfinite(x).all(axis=-1)
@@ -628,9 +634,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
             maps = coords.reshape(x.shape[:-1] + (-1,))
             d = [depths[a] for a in range(nd)]
             inner = tuple(slice(d[a], x.shape[a] - d[a]) for a in range(nd))
-            # interior start in global indices: the block's own location minus the halo
-            interior_starts = [starts[a] + d[a] - d[a] for a in range(nd)]
-            pred = filters.predict_block(maps, model.choice_, nav, interior_starts, d, vv)
+            pred = filters.predict_block(maps, model.choice_, nav, starts, d, vv)
             filtered = filters.combine(maps[inner], pred, var, model.choice_)
             out = model._finish(filtered, g[inner], vv[inner])
             return np.pad(out, [(d[a], d[a]) for a in range(nd)] + [(0, 0)])

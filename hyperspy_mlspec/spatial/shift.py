@@ -224,6 +224,17 @@ def _coarse(P: np.ndarray, valid: np.ndarray, max_shift: int) -> np.ndarray:
     return (lags[inner] + np.clip(frac, -1, 1)).reshape(nav)
 
 
+def _top_right_vectors(Y: np.ndarray, k: int) -> np.ndarray:
+    """Leading ``k`` right singular vectors of ``Y`` (rows), from the smaller Gram matrix."""
+    if Y.shape[0] <= Y.shape[1]:
+        evals, u = np.linalg.eigh(Y @ Y.T)
+        u = u[:, ::-1][:, :k]
+        v = u.T @ Y
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-300)
+    evals, v = np.linalg.eigh(Y.T @ Y)
+    return v[:, ::-1][:, :k].T
+
+
 def _high_pass(X: np.ndarray, width: float) -> np.ndarray:
     from scipy.ndimage import gaussian_filter1d
 
@@ -395,8 +406,7 @@ def _estimate(X: np.ndarray, v: np.ndarray, *, max_shift, n_components, sigmas, 
             dmu /= max(np.linalg.norm(dmu), 1e-300)
             Yc = (Ps - mu) / scale_c
             Yc = Yc - np.outer(Yc @ dmu, dmu)
-            _, _, vt = np.linalg.svd(Yc, full_matrices=False)
-            basis = np.vstack([mu, vt[:k] * scale_c])
+            basis = np.vstack([mu, _top_right_vectors(Yc, k) * scale_c])
         else:
             basis = mu[None, :]
         full_basis = np.zeros((len(basis), hi - lo))

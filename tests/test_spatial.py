@@ -1,0 +1,219 @@
+"""Spatial-spectral denoising (issue 11): blind-spot filters, SpatialDenoiser, energy shifts,
+and s.mlspec.denoise / s.mlspec.estimate_shift on maps, line scans and awkward input."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+import hyperspy.api as hs
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import hyperspy_mlspec  # noqa: F401 - registers s.mlspec
+from hyperspy_mlspec.data import eels_map
+from hyperspy_mlspec.spatial import SpatialDenoiser, estimate_shift, filters, shift_spectra
+
+
+def poisson_error(d, clean) -> float:
+    d = np.asarray(d, dtype=np.float64).reshape(-1, clean.shape[-1])
+    c = np.asarray(clean, dtype=np.float64).reshape(-1, clean.shape[-1])
+    return float(np.mean((d - c) ** 2 / np.maximum(c, 1e-6)))
+
+
+def digest(s) -> str:
+    return hashlib.sha1(np.ascontiguousarray(np.asarray(s.data)).tobytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def small_map():
+    s, truth = eels_map((24, 24), 128, 5.0, drift=0.0, rare_phase=False, random_state=3,
+                        return_truth=True)
+    return s, np.asarray(truth.clean, dtype=np.float64)
+
+
+# -- filters ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("sigma", [0.5, 2.0, 9.0, np.inf])
+def test_blind_spot_is_j_invariant_and_matches_reflect_filtering(sigma):
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(12, 17, 2))
+    valid = rng.random((12, 17)) > 0.15
+    m = filters.blind_spot(z, sigma, valid)
+    for i, j in [(0, 0), (11, 16), (5, 8)]:
+        z2 = z.copy()
+        z2[i, j] += 100.0
+        assert np.allclose(filters.blind_spot(z2, sigma, valid)[i, j], m[i, j], atol=1e-10)
+    if np.isfinite(sigma):  # same numbers as scipy's reflect-boundary Gaussian filter
+        v = valid.astype(float)
+        fz = ndimage.gaussian_filter(z * v[..., None], (sigma, sigma, 0), mode="reflect")
+        fv = ndimage.gaussian_filter(v, sigma, mode="reflect")
+        sw = filters._separable_self_weight((12, 17), (sigma, sigma))
+        ref = (fz - sw[..., None] * z * v[..., None]) / (fv - sw * v)[..., None]
+        assert np.allclose(m, ref, atol=1e-10)
+
+
+def test_select_keeps_smooth_signal_and_drops_noise():
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:40, :40]
+    signal = np.stack([3 * np.sin(xx / 6.0), np.zeros((40, 40))], axis=-1)
+    noisy = signal + rng.normal(size=signal.shape)
+    choice = filters.select(noisy, np.ones(2))
+    assert choice.beta[0] > 0.8 and choice.beta[1] == 0.0
+    pred = filters.predict(noisy, choice)
+    out = filters.combine(noisy, pred, np.ones(2), choice)
+    assert np.mean((out[..., 0] - signal[..., 0]) ** 2) < 0.15  # noise variance 1
+    assert np.abs(out[..., 1]).max() < 0.5  # pure noise coordinate pulled to ~0
+
+
+# -- the denoiser on arrays ------------------------------------------------------------------
+def test_spatial_denoiser_beats_pca_and_per_pixel_dae(small_map):
+    s, clean = small_map
+    X = s.data.astype(np.float64)
+    den = SpatialDenoiser()
+    err_spatial = poisson_error(den.fit_transform(X), clean)
+    pca = s.deepcopy()
+    pca.decomposition(normalize_poissonian_noise=True, print_info=False)
+    err_pca = min(poisson_error(pca.get_decomposition_model(k).data, clean)
+                  for k in range(1, 8))
+    dae = s.mlspec.denoise(spatial=False, epochs=10, random_state=0, show_progressbar=False)
+    err_dae = poisson_error(dae.data, clean)
+    assert err_spatial < 0.6 * err_pca, (err_spatial, err_pca)
+    assert err_spatial < 0.6 * err_dae, (err_spatial, err_dae)
+    assert den.noise_ == "poisson" and 0.8 < den.gain_ < 1.2
+    assert 1 <= den.n_components_ <= 16
+
+
+def test_blind_prediction_ignores_the_pixels_own_spectrum(small_map):
+    s, _ = small_map
+    X = s.data.astype(np.float64)
+    den = SpatialDenoiser().fit(X)
+    before = den.predict_blind(X)
+    X2 = X.copy()
+    # a different spectrum with the same total counts (the whitening scale stays the same)
+    X2[10, 7] = np.roll(X2[10, 7], 17)
+    after = den.predict_blind(X2)
+    assert np.allclose(after[10, 7], before[10, 7], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(after[10, 8], before[10, 8], rtol=1e-4, atol=1e-4)  # neighbour
+
+
+def test_gain_is_measured_and_non_count_data_use_gaussian_noise(small_map):
+    s, clean = small_map
+    X = s.data.astype(np.float64)
+    gained = SpatialDenoiser().fit(X * 4.0)  # integers, variance 16 x mean: gain 4
+    assert gained.noise_ == "poisson" and 3.0 < gained.gain_ < 5.0
+    offset = SpatialDenoiser().fit(X - 0.5)  # not counts: per-channel Gaussian noise
+    assert offset.noise_ == "gaussian"
+    err = poisson_error(offset.transform(X - 0.5) + 0.5, clean)
+    assert err < 0.3
+
+
+# -- energy shifts ----------------------------------------------------------------------------
+def test_shift_spectra_round_trip_and_estimate_recovers_drift():
+    c = np.arange(96.0)
+    rng = np.random.default_rng(2)
+    # a slow drift along the acquisition order (raster), up to +-2 channels
+    t = np.linspace(0, 1, 24 * 24)
+    true = (2.0 * np.sin(2 * np.pi * 1.3 * t)).reshape(24, 24)
+    base = 40 * np.exp(-0.5 * ((c - 40) / 2.5) ** 2) + 25 * np.exp(-0.5 * ((c - 62) / 3) ** 2)
+    lam = np.stack([[shift_spectra(base[None] + 5.0, np.array([d]))[0] for d in row]
+                    for row in true])
+    X = rng.poisson(lam).astype(float)
+    est = estimate_shift(X)
+    err = (est.shift - est.shift.mean()) - (true - true.mean())
+    assert err.std() < 0.25, err.std()
+    assert est.pooling == "raster"
+    back = shift_spectra(shift_spectra(lam, -true), true)
+    # linear interpolation there and back smooths peaks a little, never more than 5 %
+    assert np.abs(back - lam)[:, :, 5:-5].max() < 0.05 * lam.max()
+
+
+def test_estimate_shift_signal_units_axes_and_errors():
+    s = eels_map((16, 16), 256, 30.0, drift=0.8, random_state=4)
+    shift, unc = s.mlspec.estimate_shift(return_uncertainty=True)
+    assert shift.data.shape == (16, 16) and shift.metadata.Signal.quantity == "Energy shift (eV)"
+    assert shift.axes_manager.signal_shape == (16, 16)
+    assert np.all(unc.data > 0)
+    with pytest.raises(ValueError, match="single spectrum"):
+        s.inav[0, 0].mlspec.estimate_shift()
+    with pytest.raises(ValueError, match="compute"):
+        s.as_lazy().mlspec.estimate_shift()
+
+
+# -- s.mlspec.denoise -----------------------------------------------------------------------
+def test_denoise_default_is_spatial_and_keeps_the_input(small_map):
+    s, clean = small_map
+    before = digest(s)
+    d, stats = s.mlspec.denoise(residual_statistics=True, show_progressbar=False)
+    assert digest(s) == before
+    assert d.metadata.General.title.endswith("(spatially denoised)")
+    assert d.metadata.MLSpec.operation_0.model == "SpatialDenoiser"
+    assert d.axes_manager[-1].scale == s.axes_manager[-1].scale
+    assert poisson_error(d.data, clean) < 0.05
+    assert 0.7 < np.nanmean(stats["chi2_per_channel"].data) < 1.3
+
+
+def test_denoise_aligns_a_drifted_map():
+    s, truth = eels_map((20, 20), 512, 20.0, drift=1.0, thickness=False, random_state=5,
+                        return_truth=True)
+    clean = np.asarray(truth.clean)
+    d, shift = s.mlspec.denoise(return_shift=True, show_progressbar=False)
+    plain = s.mlspec.denoise(align=False, show_progressbar=False)
+    assert d.metadata.MLSpec.operation_0.aligned
+    assert np.nanstd(shift.data) > 0.2
+    assert poisson_error(d.data, clean) < poisson_error(plain.data, clean)
+
+
+def test_denoise_linescan_3d_masks_and_nan(small_map):
+    s, clean = small_map
+    line = s.inav[:, 5]
+    d = line.mlspec.denoise(show_progressbar=False)
+    assert d.data.shape == line.data.shape
+    assert poisson_error(d.data, clean[5]) < poisson_error(line.data, clean[5]) / 5
+    cube = hs.signals.Signal1D(np.random.default_rng(0).poisson(5.0, (3, 4, 5, 48))
+                               .astype(float))
+    assert cube.mlspec.denoise(show_progressbar=False).data.shape == (3, 4, 5, 48)
+    mask = np.zeros((24, 24), dtype=bool)
+    mask[3:6, 3:6] = True
+    holed = s.deepcopy()
+    holed.data[12, 12, 7] = np.nan
+    before = digest(holed)
+    with pytest.warns(UserWarning, match="NaN"):
+        out = holed.mlspec.denoise(navigation_mask=mask, show_progressbar=False)
+    assert digest(holed) == before
+    assert np.isnan(out.data[4, 4]).all() and np.isnan(out.data[12, 12]).all()
+    ok = ~mask
+    ok[12, 12] = False
+    assert poisson_error(out.data[ok], clean[ok]) < 0.05
+
+
+def test_denoise_refuses_clearly(small_map):
+    s, _ = small_map
+    with pytest.raises(ValueError, match="single spectrum"):
+        s.inav[0, 0].mlspec.denoise(spatial=True)
+    with pytest.raises(TypeError, match="spatial=False"):
+        s.mlspec.denoise(spatial=True, epochs=3)
+    with pytest.raises(ValueError, match="spatial must be"):
+        s.mlspec.denoise(spatial="yes")
+    bent = s.deepcopy()
+    ax = bent.axes_manager.navigation_axes[0]
+    bent.axes_manager.navigation_axes[0].convert_to_non_uniform_axis()
+    ax = bent.axes_manager.navigation_axes[0]
+    ax.axis = np.concatenate([np.arange(12.0), 12 + 5 * np.arange(12.0)])
+    with pytest.raises(ValueError, match="non-uniform"):
+        bent.mlspec.denoise()
+    with pytest.raises(ValueError, match="lazy"):
+        s.as_lazy().mlspec.denoise(align=True)
+
+
+def test_denoise_lazy_matches_eager_without_loading_whole(small_map):
+    s, _ = small_map
+    lazy = s.as_lazy()
+    lazy.data = lazy.data.rechunk((8, 8, -1))
+    d = lazy.mlspec.denoise(show_progressbar=False)
+    assert d._lazy and hasattr(d.data, "dask")
+    eager = s.mlspec.denoise(align=False, show_progressbar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = d.data.compute()
+    assert np.allclose(got, eager.data, rtol=1e-3, atol=1e-3 * float(eager.data.max()))
