@@ -27,7 +27,7 @@ from hyperspy_mlspec import signals as sio
 _TITLE_SUFFIX = "(DAE denoised)"
 _SPATIAL_SUFFIX = "(spatially denoised)"
 #: fewest pixels for the spatial route under spatial="auto" (smaller grids: per-pixel DAE)
-_MIN_SPATIAL_PIXELS = 16
+_MIN_SPATIAL_PIXELS = 4
 #: align="auto" removes the drift when its spread is at least this many channels and
 #: several times its own uncertainty
 _MIN_DRIFT_CHANNELS = 0.2

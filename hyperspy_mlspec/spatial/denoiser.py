@@ -40,6 +40,8 @@ from sklearn.utils.validation import check_is_fitted
 from hyperspy_mlspec.spatial import filters
 
 _BASIS_SIGMA = 1.5  # pixels: pooling of the map the global basis is found on
+_MIN_POOLED_SIDE = 32  # smaller grids find their basis unpooled (pooling blurs what few
+#                        pixels they have; measured on a 10-pixel real line scan)
 _WINDOW_SIGMA = 4.0  # pixels: pooling of the remainder the window bases are found on
 _SIGNIFICANCE = 2.0  # eigenvalues must exceed this multiple of the pooled-noise edge
 
@@ -280,9 +282,14 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         if self.noise_ != "poisson":
             return np.ones(X.shape[:-1], dtype=np.float32)
         totals = X.sum(axis=-1, dtype=np.float64)[..., None]
-        pooled = _smooth(totals, _BASIS_SIGMA, v, axis_scale)[..., 0]
         if not hasattr(self, "mean_total_"):  # fitting: the map's mean, kept for transform
             self.mean_total_ = max(float(totals[v].mean()), 1e-12)
+            # small grids: each pixel's own total (pooling would blur what few pixels
+            # there are); the choice is kept for the blocks of a lazy transform
+            self.whitening_sigma_ = _BASIS_SIGMA if max(X.shape[:-1]) >= _MIN_POOLED_SIDE \
+                else 0.0
+        sigma = self.whitening_sigma_
+        pooled = _smooth(totals, sigma, v, axis_scale)[..., 0] if sigma else totals[..., 0]
         return np.sqrt(np.maximum(pooled / self.mean_total_, 1e-3)).astype(np.float32)
 
     def _fit_array(self, X: np.ndarray, valid: np.ndarray | None) -> None:
@@ -310,6 +317,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
             raise ValueError("every spectrum is zero: there is nothing to denoise")
         self.noise_ = noise
         self.__dict__.pop("mean_total_", None)  # refitting
+        self.__dict__.pop("whitening_sigma_", None)
         n = int(np.prod(nav))
         vf = v.reshape(-1)
         if noise == "poisson":
@@ -328,26 +336,26 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
 
         # 1. global basis on the pooled map
         K = int(min(self.max_components, D - 1, max(1, int(v.sum()) - 1)))
-        B = _smooth(Y, _BASIS_SIGMA, v, axis_scale).reshape(n, D)[vf]
+        sigma_b = _BASIS_SIGMA if max(nav) >= _MIN_POOLED_SIDE else 0.0
+        B = (_smooth(Y, sigma_b, v, axis_scale) if sigma_b else Y).reshape(n, D)[vf]
         cov = (B.T.astype(np.float64) @ B.astype(np.float64)) / len(B)
         evals, evecs = np.linalg.eigh(cov)
         evals, evecs = evals[::-1], evecs[:, ::-1]
-        nu = _kernel_square_sum(_BASIS_SIGMA, axis_scale)
+        nu = _kernel_square_sum(sigma_b, axis_scale) if sigma_b else 1.0
         n_eff = max(vf.sum() * nu, 1.0)
         # pooled unit noise: Marchenko-Pastur edge; its level is measured below (gain)
         edge = nu * (1.0 + math.sqrt(D / n_eff)) ** 2
         V = evecs[:, :K]
         Z = Y.reshape(n, D) @ V.astype(np.float32)
         R = Y.reshape(n, D) - Z @ V.T.astype(np.float32)
-        # noise level in whitened units (detector gain for counts): median over channels of
-        # the remainder's variance, which is mostly noise (a few channels hold signal)
-        level = float(np.median((R[vf].astype(np.float64) ** 2).mean(axis=0)))
-        resid_frac = float(np.median(1.0 - (V**2).sum(axis=1)))
-        self.gain_ = max(level / max(resid_frac, 1e-6), 1e-6) if noise == "poisson" else 1.0
-        noise_level = self.gain_ if noise == "poisson" else max(level / max(resid_frac, 1e-6),
-                                                                1e-12)
+        level = self._noise_level(Y, v, axis_scale, K)
+        self.gain_ = level if noise == "poisson" else 1.0
+        noise_level = level
         self.noise_level_ = noise_level
-        k = int(np.clip((evals[:K] > _SIGNIFICANCE * edge * noise_level).sum(), 1, K))
+        # components: those above the pooled-noise edge, or found significant on the
+        # checkerboard test (small maps, where the edge is very high), whichever is more
+        k_edge = int((evals[:K] > _SIGNIFICANCE * edge * noise_level).sum())
+        k = int(np.clip(max(k_edge, self.__dict__.pop("_n_significant", 0)), 1, K))
         self.n_components_ = k
         V = V[:, :k]
         self.components_ = V.T.copy()
@@ -368,6 +376,45 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         self.choice_ = filters.select(coords.reshape(nav + (-1,)), var, v,
                                       tuple(self.sigmas), axis_scale)
         self.fit_valid_fraction_ = float(v.mean())
+
+    def _noise_level(self, Y: np.ndarray, v: np.ndarray, axis_scale, K: int) -> float:
+        """Noise variance in whitened units (the detector gain for counts; about 1 for
+        pure Poisson counts and for the Gaussian model).
+
+        Measured on a checkerboard: components found on the pooled map of the "black"
+        pixels describe the "white" ones, whose remainder is then noise (plus the little
+        signal beyond ``K`` components); the median over channels of its variance, divided
+        by the fraction of noise a projection leaves, is the level. A basis found on the
+        same pixels would absorb their noise (badly so on small maps).
+        """
+        nav = v.shape
+        n = int(np.prod(nav))
+        D = Y.shape[-1]
+        parity = np.indices(nav).sum(axis=0) % 2 == 0
+        black, white = v & parity, v & ~parity
+        if white.sum() < 2 or black.sum() < 2:
+            black = white = v
+        k = int(min(K, max(1, int(black.sum()) - 1), D - 1))
+        sigma_b = _BASIS_SIGMA if max(nav) >= _MIN_POOLED_SIDE else 0.0
+        pooled = _smooth(Y, sigma_b, black, axis_scale) if sigma_b else Y
+        B = pooled.reshape(n, D)[black.reshape(-1)]
+        B = B - B.mean(axis=0)
+        cov = (B.T.astype(np.float64) @ B.astype(np.float64)) / len(B)
+        V = np.linalg.eigh(cov)[1][:, ::-1][:, :k].astype(np.float32)
+        Yw = Y.reshape(n, D)[white.reshape(-1)]
+        Yw = Yw - Yw.mean(axis=0)
+        Zw = Yw @ V
+        R = Yw - Zw @ V.T
+        level = float(np.median((R.astype(np.float64) ** 2).mean(axis=0)))
+        frac = float(np.median(1.0 - (V.astype(np.float64) ** 2).sum(axis=1)))
+        level = max(level / max(frac, 1e-6), 1e-12)
+        # honest significance of the leading components: their variance on pixels they were
+        # not found on must exceed the noise level (by 3 standard errors)
+        var_w = (Zw.astype(np.float64) ** 2).mean(axis=0)
+        se = level * math.sqrt(2.0 / max(len(Zw), 1))
+        significant = var_w > level + 3.0 * se
+        self._n_significant = int(np.argmin(significant)) if not significant.all() else k
+        return level
 
     def _width(self, D: int) -> int:
         if self.window_width == "auto":
