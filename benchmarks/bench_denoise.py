@@ -24,8 +24,8 @@ at doses 1, 10 and 100 counts per channel; in one process, for each dose:
   model);
 * methods: raw counts, HyperSpy ``decomposition(normalize_poissonian_noise=True)`` +
   ``get_decomposition_model(K)`` with K chosen on the truth among 2-12 (PCA's best case),
-  and ``s.mlspec.denoise()`` with default settings (self-supervised binomial splitting,
-  dense network);
+  and ``s.mlspec.denoise(spatial=False)`` (the per-pixel DAE; self-supervised binomial
+  splitting, dense network);
 * the claim "DAE at 10x lower dose at least as accurate as PCA at full dose", checked pair
   by pair;
 * full run only: wall time to denoise a 128x128x1024 map (fit + apply) as a ratio to
@@ -46,25 +46,23 @@ import numpy as np
 
 from benchmarks._common import (
     Stopwatch,
+    Truth,
     bench_parser,
     command_line,
+    evaluate,
     fmt,
     load_average,
     machine_info,
     machine_markdown,
+    make_truth,
     markdown_table,
+    pca_best,
+    poisson_error,
     update_results_section,
 )
 
 TITLE = "Denoising (issue 3)"
 MODULE = "benchmarks.bench_denoise"
-FE_WINDOW_EV = (698.0, 716.0)
-NI_WINDOW_EV = (845.0, 880.0)
-#: Fe atoms per formula volume relative to FeO, as in eels_map's phase library (the Fe2O3
-#: reference spectrum carries this factor, the Fe3+ fraction is atomic)
-FE2O3_FE_DENSITY = 0.83
-
-
 @dataclass(frozen=True)
 class Setup:
     navigation_shape: tuple[int, int]
@@ -78,104 +76,13 @@ FULL = Setup((64, 64), 1024, (1.0, 10.0, 100.0), tuple(range(2, 13)), (128, 128)
 QUICK = Setup((32, 32), 512, (1.0, 10.0, 100.0), tuple(range(2, 9)), None)
 
 
-# -- metrics ----------------------------------------------------------------------------------
-def poisson_error(denoised: np.ndarray, clean: np.ndarray) -> float:
-    """``mean((d - clean)^2 / clean)``; raw Poisson counts give 1."""
-    if denoised.size == 0:
-        return float("nan")
-    return float(np.mean((denoised - clean) ** 2 / np.maximum(clean, 1e-6)))
-
-
-def fe3_fraction_fit(spectra: np.ndarray, energy: np.ndarray, phase_spectra: np.ndarray,
-                     shifts: np.ndarray) -> np.ndarray:
-    """Per-pixel Fe3+ fraction from a linear fit of the FeO and Fe2O3 references.
-
-    Each spectrum is first aligned by its energy drift ``shifts`` (eV, known per pixel, as
-    a zero-loss-peak alignment of dual EELS would give); fitting the drift instead is
-    nearly degenerate with the 1.5 eV Fe2+/Fe3+ chemical shift. Design matrix on the Fe-L3
-    window: FeO and Fe2O3 (clean references at unit abundance), ``(E / 700)^-3`` and a
-    constant (background, plural-scattering tail, other phases). Returns
-    ``0.83 b / (a + 0.83 b)`` clipped to [0, 1] (NaN where ``a + 0.83 b <= 0``).
-    """
-    sel = (energy >= FE_WINDOW_EV[0]) & (energy <= FE_WINDOW_EV[1])
-    e = energy[sel]
-    aligned = np.stack([np.interp(e + dx, energy, row) for row, dx in zip(spectra, shifts,
-                                                                          strict=True)])
-    design = np.column_stack([phase_spectra[0, sel], phase_spectra[1, sel],
-                              (e / 700.0) ** -3.0, np.ones(sel.sum())])
-    scale = np.abs(design).max(axis=0)
-    coef, *_ = np.linalg.lstsq(design / scale, aligned.T, rcond=None)
-    coef = coef / scale[:, None]
-    fe2, fe3 = coef[0], FE2O3_FE_DENSITY * coef[1]
-    total = fe2 + fe3
-    with np.errstate(invalid="ignore", divide="ignore"):
-        frac = np.where(total > 0, fe3 / total, np.nan)
-    return np.clip(frac, 0.0, 1.0)
-
-
-@dataclass
-class Truth:
-    clean: np.ndarray
-    energy: np.ndarray
-    phase_spectra: np.ndarray
-    fe3: np.ndarray
-    shift: np.ndarray
-    fe_pixels: np.ndarray
-    rare: np.ndarray
-    ni_channels: np.ndarray
-
-
-def evaluate(denoised: np.ndarray, t: Truth) -> dict[str, float]:
-    """Every accuracy number of one denoised map (rows of spectra)."""
-    d = np.asarray(denoised, dtype=np.float64)
-    frac = fe3_fraction_fit(d[t.fe_pixels], t.energy, t.phase_spectra,
-                            t.shift[t.fe_pixels])
-    rare_d, rare_c = d[t.rare], t.clean[t.rare]
-    return {
-        "err": poisson_error(d, t.clean),
-        "err_rare": poisson_error(rare_d, rare_c),
-        "err_rare_ni": poisson_error(rare_d[:, t.ni_channels], rare_c[:, t.ni_channels]),
-        "fe3_mae": float(np.nanmean(np.abs(frac - t.fe3[t.fe_pixels]))),
-        "counts_ratio": float(d.sum() / t.clean.sum()),
-    }
-
-
-# -- methods ----------------------------------------------------------------------------------
-def pca_best(s, t: Truth, components: Sequence[int]) -> tuple[dict, dict]:
-    """HyperSpy Poisson-normalised PCA; the K with the lowest error against the truth (and,
-    separately, the K with the lowest Fe3+ error: PCA's best case for each metric)."""
-    n = s.axes_manager.signal_axes[0].size
-    with Stopwatch() as sw:
-        s.decomposition(normalize_poissonian_noise=True, print_info=False)
-    by_k = {int(k): evaluate(s.get_decomposition_model(int(k)).data.reshape(-1, n), t)
-            for k in components}
-    best = min(by_k, key=lambda k: by_k[k]["err"])
-    best_fe = min(by_k, key=lambda k: by_k[k]["fe3_mae"])
-    result = dict(by_k[best], k=best, seconds=sw.wall, k_fe=best_fe,
-                  fe3_mae_best_k=by_k[best_fe]["fe3_mae"])
-    return result, {k: r["err"] for k, r in by_k.items()}
-
-
 def dae(s, t: Truth, seed: int) -> dict:
     with Stopwatch() as sw:
-        out = s.mlspec.denoise(random_state=seed, show_progressbar=False)
+        out = s.mlspec.denoise(spatial=False, random_state=seed, show_progressbar=False)
     n = s.axes_manager.signal_axes[0].size
     result = evaluate(out.data.reshape(-1, n), t)
     result.update(seconds=sw.wall, epochs=int(out.metadata.MLSpec.operation_0.n_epochs))
     return result
-
-
-def make_truth(truth, s) -> Truth:
-    n = s.axes_manager.signal_axes[0].size
-    energy = np.asarray(s.axes_manager.signal_axes[0].axis, dtype=np.float64)
-    fe3 = truth.extra["fe3_fraction"].ravel()
-    iron = truth.abundances[..., :2].sum(-1).ravel()
-    return Truth(
-        clean=np.asarray(truth.clean, dtype=np.float64).reshape(-1, n), energy=energy,
-        phase_spectra=np.asarray(truth.phase_spectra, dtype=np.float64), fe3=fe3,
-        shift=np.asarray(truth.energy_shift, dtype=np.float64).ravel(),
-        fe_pixels=np.isfinite(fe3) & (iron >= 0.5), rare=truth.rare_mask.ravel(),
-        ni_channels=(energy >= NI_WINDOW_EV[0]) & (energy <= NI_WINDOW_EV[1]))
 
 
 def timing(shape: tuple[int, int], n_channels: int, k: int, seed: int) -> dict:
@@ -192,7 +99,7 @@ def timing(shape: tuple[int, int], n_channels: int, k: int, seed: int) -> dict:
     del model
     s.learning_results.__init__()
     with Stopwatch() as sw_dae:
-        out = s.mlspec.denoise(random_state=seed, show_progressbar=False)
+        out = s.mlspec.denoise(spatial=False, random_state=seed, show_progressbar=False)
     return {"shape": shape, "n_channels": n_channels, "k": k, "pca_s": sw_pca.wall,
             "dae_s": sw_dae.wall, "pca_err": pca_err,
             "dae_err": poisson_error(out.data.reshape(-1, n_channels), t.clean),
@@ -334,8 +241,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "of the FeO/Fe2O3 references + background on 698-716 eV; the same fit on the clean "
         f"data gives {clean_fit['fe3_mae']:.4f} "
         "(floor: linear interpolation in the alignment, plural scattering); predicting the "
-        f"median fraction everywhere gives {const_mae:.3f}. DAE: `s.mlspec.denoise()` defaults "
-        "(poisson-split, dense); seconds include training.", "",
+        f"median fraction everywhere gives {const_mae:.3f}. DAE: "
+        "`s.mlspec.denoise(spatial=False)` (poisson-split, dense); seconds include training.",
+        "",
         table, "",
         "Claim: DAE at 10x lower dose at least as accurate as PCA (best K on truth) at full "
         "dose:", "",

@@ -74,6 +74,21 @@ def _as_range(value, name: str, low_bound: float, high_bound: float) -> tuple[fl
     return lo, hi
 
 
+def _shape_weights(clean: np.ndarray) -> np.ndarray:
+    """Per-channel loss weights from how much the spectra's shape varies there relative to
+    the Poisson noise of that channel (see ``channel_weights``)."""
+    x = np.clip(np.asarray(clean, dtype=np.float64), 0, None)
+    total = x.sum(axis=1, keepdims=True)
+    p = x[total[:, 0] > 0] / total[total[:, 0] > 0] * x.shape[1]
+    if len(p) < 2:
+        return np.ones(x.shape[1], dtype=np.float32)
+    mean = np.maximum(p.mean(axis=0), 1e-12 * max(float(p.mean()), 1e-300))
+    snr = np.sqrt(p.var(axis=0) / mean)
+    w = snr / max(float(snr.mean()), 1e-300)
+    w = np.clip(w, 0.1, 10.0)
+    return (w / w.mean()).astype(np.float32)
+
+
 def _halves(x: torch.Tensor, k: int, seed: int):
     """``k`` binomial halves ``~ Binomial(x, 1/2)`` of each count spectrum, for inference.
 
@@ -131,6 +146,14 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
         The network was trained on half-dose inputs and can misbehave on full-dose ones (the
         noise it learnt to see is missing); averaging halves stays in its training
         distribution. 0 feeds the full spectrum instead (``k`` times faster inference).
+    channel_weights
+        ``noise="supervised"``: ``"auto"`` weights each channel's loss by how much the
+        training spectra's *shape* varies there relative to its Poisson noise
+        (``sqrt(var(p_c) / mean(p_c))`` of the normalised spectra ``p``, scaled to mean 1
+        and clipped to 0.1-10), so that fine structure which tells the spectra apart (a
+        chemical shift, a white-line ratio) weighs as much as the background and the
+        strong edges that dominate an unweighted deviance; ``"none"`` weights all
+        channels equally. The self-supervised noise models always use equal weights.
     loss
         ``"auto"``: Poisson deviance for count data (supervised: whenever Poisson noise is
         simulated), else ``"mse"``. ``"poisson-split"`` needs the Poisson deviance.
@@ -192,7 +215,7 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
                  n_filters: int = 16, dose: float | tuple[float, float] | None = (1.0, 100.0),
                  read_noise: float = 0.0,
                  mask_fraction: float | tuple[float, float] = (0.1, 0.25),
-                 inference_splits: int = 8,
+                 inference_splits: int = 8, channel_weights: str = "auto",
                  loss: str = "auto", normalization: str = "auto", epochs: int | str = "auto",
                  batch_size: int | str = "auto", learning_rate: float = 1e-3,
                  weight_decay: float = 0.0, validation_fraction: float = 0.1,
@@ -207,6 +230,7 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
         self.read_noise = read_noise
         self.mask_fraction = mask_fraction
         self.inference_splits = inference_splits
+        self.channel_weights = channel_weights
         self.loss = loss
         self.normalization = normalization
         self.epochs = epochs
@@ -242,6 +266,9 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
                                  "(Poisson) and/or read_noise > 0 (Gaussian).")
         if self.noise == "mask":
             _as_range(self.mask_fraction, "mask_fraction", 0.0, 0.9)
+        if self.channel_weights not in ("auto", "none"):
+            raise ValueError(f"channel_weights must be 'auto' or 'none', got "
+                             f"{self.channel_weights!r}")
         if not (isinstance(self.inference_splits, numbers.Integral)
                 and self.inference_splits >= 0):
             raise ValueError(f"inference_splits must be a non-negative integer, got "
@@ -277,6 +304,8 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
         if self.loss == "auto":
             self.loss_ = "poisson" if self.dose is not None else "mse"
             self.conserves_counts_ = self.loss_ == "poisson"
+        self.channel_weights_ = (_shape_weights(sample) if self.channel_weights == "auto"
+                                 else np.ones(sample.shape[1], dtype=np.float32))
         # the network sees simulated noisy spectra: fit the normalisation (row floor) and
         # input standardisation on those, not on the clean ones
         gen = torch.Generator().manual_seed(0)
@@ -407,10 +436,15 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
             xn, m = norm.forward(xm)
             return ((module(xn) - x / m) ** 2)[mask].mean()
 
+        weights = torch.as_tensor(getattr(self, "channel_weights_", None)
+                                  if getattr(self, "channel_weights_", None) is not None
+                                  else np.ones(1, np.float32), device=self.device_)
+
         def supervised_step(clean: torch.Tensor, training: bool) -> torch.Tensor:
             noisy, expected = self._simulate(clean, generator(training))
             if poisson:
-                return poisson_deviance(self._predict(noisy), expected)
+                dev = poisson_deviance_elements(self._predict(noisy), expected)
+                return (dev * weights).mean()
             xn, m = norm.forward(noisy)
             return gaussian_loss(module(xn), expected / m)
 
@@ -494,6 +528,12 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
         return draws.std(0)
 
     # -- persistence ------------------------------------------------------------------------
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        out = super()._fitted_arrays()
+        if getattr(self, "channel_weights_", None) is not None:
+            out["channel_weights_"] = np.asarray(self.channel_weights_, dtype=np.float32)
+        return out
+
     def _fitted_config(self) -> dict:
         return {**super()._fitted_config(), "sizes_": self.sizes_,
                 "conserves_counts_": bool(self.conserves_counts_)}
@@ -502,6 +542,8 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
         self._restored_sizes = config["sizes_"]
         super()._restore(config, arrays, weights)
         self.conserves_counts_ = config["conserves_counts_"]
+        if "channel_weights_" in arrays:
+            self.channel_weights_ = np.asarray(arrays["channel_weights_"], dtype=np.float32)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

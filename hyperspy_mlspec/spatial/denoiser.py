@@ -347,7 +347,6 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         edge = nu * (1.0 + math.sqrt(D / n_eff)) ** 2
         V = evecs[:, :K]
         Z = Y.reshape(n, D) @ V.astype(np.float32)
-        R = Y.reshape(n, D) - Z @ V.T.astype(np.float32)
         level = self._noise_level(Y, v, axis_scale, K)
         self.gain_ = level if noise == "poisson" else 1.0
         noise_level = level
@@ -360,7 +359,6 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         V = V[:, :k]
         self.components_ = V.T.copy()
         Z = Z[:, :k]
-        R = Y.reshape(n, D) - Z @ V.T.astype(np.float32)
 
         # 2. window bases of the remainder, found on the map pooled at a larger scale
         width = self._width(D)
