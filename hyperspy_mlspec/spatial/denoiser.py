@@ -136,7 +136,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         Global components used.
     n_window_components_ : int
         Window components used, all windows together.
-    components_ : ndarray of shape (n_components_, n_channels)
+    components_ : ndarray of shape (n_components, n_channels)
         Global components (whitened units).
     choice_ : FilterChoice
         Per coordinate: width, scale and error variance of its spatial filter (global
