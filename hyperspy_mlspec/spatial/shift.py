@@ -112,6 +112,10 @@ class ShiftEstimate:
     pooling
         ``"space"`` (Gaussian over the navigation axes, width in pixels) or ``"raster"``
         (Gaussian along the acquisition order, width in pixels of that order).
+    neighbour_shift
+        Each pixel's shift predicted from its neighbours only (never from its own spectrum;
+        on binned maps, from the other bins): for honest comparisons of aligned and
+        unaligned models.
     """
 
     shift: np.ndarray
@@ -119,6 +123,7 @@ class ShiftEstimate:
     sigma: float
     n_iter: int
     pooling: str = "space"
+    neighbour_shift: np.ndarray | None = None
 
 
 
@@ -310,9 +315,10 @@ def estimate_shift(X: np.ndarray, valid: np.ndarray | None = None, *,
                     axis_scale=axis_scale, n_iter=n_iter, coarse=coarse)
     shift = _upsample(est.shift, nav, factor)
     unc = _upsample(est.uncertainty, nav, factor)
+    blind = _upsample(est.neighbour_shift, nav, factor)
     return ShiftEstimate(np.where(v, shift, np.nan), np.where(v, unc, np.nan),
                          est.sigma * (factor if est.pooling == "space" else factor**len(nav)),
-                         est.n_iter, est.pooling)
+                         est.n_iter, est.pooling, np.where(v, blind, np.nan))
 
 
 def _bin(X: np.ndarray, v: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
@@ -442,14 +448,16 @@ def _estimate(X: np.ndarray, v: np.ndarray, *, max_shift, n_components, sigmas, 
         own_w = h * tau2 / (1.0 + h * tau2)
         new = np.where(ok, own_w * own + (1.0 - own_w) * pred, pred).reshape(nav)
         new = np.clip(new, s - 2.0, s + 2.0)
-        new = np.where(v, new - new[v].mean(), 0.0)
+        centre = new[v].mean()
+        new = np.where(v, new - centre, 0.0)
+        neighbour = np.where(v, pred.reshape(nav) - centre, 0.0)
         step = float(np.abs(new - s)[v].max())
         s = new
         if step < 2e-3 and width == 0.0:
             break
     unc = _uncertainty(h.reshape(nav), v, pooling, axis_scale)
     return ShiftEstimate(np.where(v, s, np.nan), np.where(v, unc, np.nan), pooling.sigma,
-                         it, pooling.kind)
+                         it, pooling.kind, np.where(v, neighbour, np.nan))
 
 
 def _uncertainty(h: np.ndarray, v: np.ndarray, pooling: _Pooling, axis_scale) -> np.ndarray:
