@@ -198,8 +198,8 @@ class MLSpecNamespace:
         (J-invariant) Gaussian whose width and strength the Noise2Self loss chooses from
         the data, combined with the pixel's own value where neighbours do not predict it
         (edges, rare pixels). The energy drift is estimated first and, when the map has
-        one, removed (by whole channels, so counts stay counts) before pooling and restored
-        after (``align``). No training, no
+        one, removed before pooling and restored after (``align``; the model is fitted on
+        the map aligned by whole channels, where counts stay Poisson counts). No training, no
         parameter to tune. ``spatial=False`` (and single spectra or grids of fewer than 16
         pixels) fit the per-pixel self-supervised
         :class:`~hyperspy_mlspec.DenoisingAutoencoder` instead. A fitted autoencoder

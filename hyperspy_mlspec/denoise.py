@@ -622,15 +622,16 @@ def spatial_denoise_array(data, valid: np.ndarray, axis_scale, align: str = "aut
             est_params["noise"] = "poisson" if _looks_like_counts(X0) else "gaussian"
         den = SpatialDenoiser(axis_scale=axis_scale, **est_params)
         if shift is not None:
-            # whole channels only: re-indexing keeps counts exact Poisson counts (linear
-            # interpolation correlates neighbouring channels, which the denoiser would take
-            # for structure: measured 2x the error at a drift of a few channels); the
-            # sub-channel rest is left to the components
-            s = np.rint(np.nan_to_num(shift.shift))
-            X = shift_spectra(np.asarray(data, dtype=np.float32), -s)
-            den.fit(X, valid=valid)
+            # the model is fitted on the map aligned by whole channels (re-indexing keeps
+            # counts Poisson counts; interpolated counts have channels correlated, which the
+            # fit takes for structure: measured 2x the error at a drift of a few channels)
+            # and applied to the map aligned to the sub-channel, whose denoised spectra are
+            # then moved back (interpolating smooth spectra costs nothing)
+            s = np.nan_to_num(shift.shift)
+            X = np.asarray(data, dtype=np.float32)
+            den.fit(shift_spectra(X, -np.rint(s)), valid=valid)
             bar.update(1)
-            out = shift_spectra(den.transform(X, valid=valid), s)
+            out = shift_spectra(den.transform(shift_spectra(X, -s), valid=valid), s)
             out[~np.isfinite(np.asarray(data, dtype=np.float32)).all(axis=-1)] = np.nan
             out[~valid] = np.nan
         else:
