@@ -129,6 +129,9 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
     max_fit_pixels
         Lazy (dask) input: the model is fitted on a central crop of at most this many
         pixels.
+    random_state
+        Seed of the noise split that finds the fine-structure components (None: 0); the
+        same seed gives the same result.
 
     Attributes
     ----------
@@ -167,7 +170,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
                  window_components: int = 4, window_width: int | str = "auto",
                  sigmas: Sequence[float] = filters.DEFAULT_SIGMAS,
                  axis_scale: Sequence[float] | None = None,
-                 max_fit_pixels: int = 2**18) -> None:
+                 max_fit_pixels: int = 2**18, random_state: int | None = 0) -> None:
         self.noise = noise
         self.max_components = max_components
         self.window_components = window_components
@@ -175,6 +178,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         self.sigmas = sigmas
         self.axis_scale = axis_scale
         self.max_fit_pixels = max_fit_pixels
+        self.random_state = random_state
 
     # -- validation ---------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -447,7 +451,8 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         relative to the map's: binomial halves of counts (Poisson thinning) or, for
         Gaussian noise, ``X + n'`` and ``X - n'`` with ``n'`` of the measured noise level
         (recorrupted pairs)."""
-        rng = np.random.default_rng(0)
+        seed = 0 if self.random_state is None else self.random_state
+        rng = np.random.default_rng(seed)
         if self.noise_ == "poisson":
             # binomial halves by the rounded normal approximation (right mean and variance,
             # within 0.01 of the exact probabilities from 1 count; 10x faster than exact)
