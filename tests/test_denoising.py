@@ -33,7 +33,7 @@ def fitted(eels):
     """One self-supervised model and its output, shared by several tests."""
     s, truth = eels
     original = s.data.copy()
-    denoised, residuals, stats = s.mlspec.denoise(return_residuals=True,
+    denoised, residuals, stats = s.mlspec.denoise(spatial=False, return_residuals=True,
                                                   residual_statistics=True, **FAST)
     model = hyperspy_mlspec.denoise.fit_denoiser(s, **FAST)
     return {"s": s, "truth": truth, "original": original, "denoised": denoised,

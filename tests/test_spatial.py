@@ -217,3 +217,28 @@ def test_denoise_lazy_matches_eager_without_loading_whole(small_map):
         warnings.simplefilter("ignore")
         got = d.data.compute()
     assert np.allclose(got, eager.data, rtol=1e-3, atol=1e-3 * float(eager.data.max()))
+
+
+def test_seed_route_weights_fine_structure_and_combines_with_spatial(tmp_path, small_map):
+    from hyperspy_mlspec import DenoisingAutoencoder, load_model
+
+    rng = np.random.default_rng(0)
+    c = np.arange(64.0)
+    # a library whose spectra differ only by a small peak near channel 40 on a background
+    library = np.stack([50 * np.exp(-c / 30) + a * np.exp(-0.5 * ((c - 40) / 1.5) ** 2)
+                        for a in rng.uniform(0, 3, 400)])
+    dae = DenoisingAutoencoder(noise="supervised", dose=(5, 50), epochs=2, random_state=0,
+                               show_progressbar=False).fit(library)
+    w = dae.channel_weights_
+    assert abs(w.mean() - 1) < 1e-5 and w[38:43].min() > 3 * np.median(w)
+    flat = DenoisingAutoencoder(noise="supervised", dose=(5, 50), epochs=1,
+                                channel_weights="none", random_state=0,
+                                show_progressbar=False).fit(library)
+    assert np.allclose(flat.channel_weights_, 1.0)
+    dae.save(tmp_path / "dae.mlspec")
+    assert np.allclose(load_model(tmp_path / "dae.mlspec").channel_weights_, w)
+    s = hs.signals.Signal1D(rng.poisson(library[:36].reshape(6, 6, 64) * 0.2).astype(float))
+    both = s.mlspec.denoise(model=dae, spatial=True, show_progressbar=False)
+    assert both.data.shape == s.data.shape and np.isfinite(both.data).all()
+    assert both.metadata.MLSpec.operation_0.model == "SpatialDenoiser"
+    assert both.metadata.MLSpec.operation_1.model == "DenoisingAutoencoder"
