@@ -25,6 +25,7 @@ from hyperspy_mlspec.engine.distributed import Group
 from hyperspy_mlspec.engine.losses import LOSSES
 from hyperspy_mlspec.engine.normalization import KINDS
 from hyperspy_mlspec.engine.sources import DaskSource, RowSource
+from hyperspy_mlspec.engine.trainer import make_optimizer
 
 _STAT_ROWS = 20_000  # rows sampled for data statistics (normalisation, variances)
 _STAT_VALUES = 2**24  # ... but at most 64 MiB of float32: initialisation makes a few copies
@@ -209,8 +210,8 @@ class SpectralEstimator(BaseEstimator):
             group.broadcast([scale, floor])
             norm.channel_scale, norm.row_floor = scale.numpy(), float(floor[0])
         if self._optimizer is None:
-            self._optimizer = torch.optim.Adam(self.module_.parameters(), lr=self.learning_rate,
-                                               weight_decay=self.weight_decay)
+            self._optimizer = make_optimizer(self.module_.parameters(), self.learning_rate,
+                                             self.weight_decay, self.device_)
         result = train(self.module_, self._step_loss(), source, epochs=epochs,
                        batch_size=batch_size, patience=patience, device=self.device_,
                        seed=seed, optimizer=self._optimizer,
