@@ -17,7 +17,8 @@ What keeps it fast (measured in ``benchmarks/bench_speed.py``):
   forward pass over a capped split: a few per cent of a round;
 * the best weights are copied in place into buffers allocated once, losses are summed on the
   device and read once per round (one synchronisation, which matters on a GPU);
-* Adam runs fused (one kernel over all parameters) where torch supports it;
+* Adam runs fused (one kernel over all parameters, :mod:`hyperspy_mlspec.engine.optim`),
+  and neither it nor the plateau schedule imports ``torch._dynamo`` (seconds);
 * optional: fewer threads for the run (tiny networks lose more to thread synchronisation
   than they gain), ``torch.compile`` of the step (pays only on long runs: compiling takes
   tens of seconds on a CPU), bf16 autocast on a GPU (``amp``).
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 
 from hyperspy_mlspec.engine.distributed import Group
+from hyperspy_mlspec.engine.optim import Adam
 from hyperspy_mlspec.engine.progress import Observers, progress
 from hyperspy_mlspec.engine.sources import InMemoryRows, RowSource
 
@@ -102,9 +104,9 @@ def _as_tensor(batch, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(batch).to(device, non_blocking=True)
 
 
-def make_optimizer(params, learning_rate: float, weight_decay: float = 0.0,
-                   device: torch.device | str = "cpu") -> torch.optim.Optimizer:
-    """Adam, fused (one kernel for all parameters) where this torch supports it.
+def make_optimizer(params, learning_rate: float, weight_decay: float = 0.0) -> Adam:
+    """The loop's optimiser: :class:`~hyperspy_mlspec.engine.optim.Adam` (fused, and
+    constructed without importing ``torch._dynamo`` as ``torch.optim`` does).
 
     Examples
     --------
@@ -112,12 +114,29 @@ def make_optimizer(params, learning_rate: float, weight_decay: float = 0.0,
     >>> type(opt).__name__
     'Adam'
     """
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay,
-                                fused=True)
-    except (RuntimeError, TypeError, ValueError):  # older torch, or an unsupported device
-        return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay)
+    return Adam(params, lr=learning_rate, weight_decay=weight_decay)
+
+
+class _Plateau:
+    """Halve the learning rate after ``patience`` rounds without a relative improvement
+    of 1e-4 (``torch.optim.lr_scheduler.ReduceLROnPlateau``'s defaults, for any optimiser
+    with ``param_groups``)."""
+
+    def __init__(self, optimizer, patience: int, factor: float = 0.5) -> None:
+        self.optimizer, self.patience, self.factor = optimizer, int(patience), factor
+        self.best, self.bad = math.inf, 0
+
+    def step(self, value: float) -> None:
+        if value < self.best * (1 - 1e-4) if self.best > 0 else value < self.best:
+            self.best, self.bad = value, 0
+            return
+        self.bad += 1
+        if self.bad > self.patience:
+            for g in self.optimizer.param_groups:
+                new = g["lr"] * self.factor
+                if g["lr"] - new > 1e-8:
+                    g["lr"] = new
+            self.bad = 0
 
 
 @contextlib.contextmanager
@@ -188,7 +207,7 @@ def train(
     patience: int | None = 10,
     device: torch.device | str = "cpu",
     seed: int = 0,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer=None,
     show_progressbar: bool | None = None,
     desc: str = "Training",
     after_step: Callable[[], None] | None = None,
@@ -198,6 +217,7 @@ def train(
     num_threads: int | None = None,
     compile: bool = False,
     amp: bool | str | None = "auto",
+    schedule: str = "plateau",
 ) -> TrainResult:
     """Train ``module`` by minimising ``step_loss`` over minibatches of ``source``.
 
@@ -296,10 +316,12 @@ def train(
         show_progressbar = show_progressbar if group.is_main else False
     rng = np.random.default_rng(seed)
     if optimizer is None:
-        optimizer = make_optimizer(module.parameters(), learning_rate, weight_decay, device)
+        optimizer = make_optimizer(module.parameters(), learning_rate, weight_decay)
+    if schedule not in ("plateau", "cosine"):
+        raise ValueError(f"schedule must be 'plateau' or 'cosine', got {schedule!r}")
     plateau = max(2, (patience or 10) // 3)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5,
-                                                           patience=plateau)
+    scheduler = _Plateau(optimizer, plateau)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
     rows = source.in_memory()
     if rows is not None:
         rows = _place(rows, device)
@@ -312,6 +334,17 @@ def train(
     round_steps = (steps_per_epoch if eval_every is None
                    else max(1, round(int(eval_every) / rows_per_step)))
     n_rounds = math.ceil(max_steps / round_steps)
+    warmup = max(1, max_steps // 20)
+
+    def set_lr(step: int) -> None:
+        """Warm-up over 5 % of the steps, then cosine decay to 1 % of the rate."""
+        if step < warmup:
+            f = 0.1 + 0.9 * step / warmup
+        else:
+            u = (step - warmup) / max(1, max_steps - warmup)
+            f = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, u)))
+        for g, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            g["lr"] = lr * f
     dtype = resolve_amp(amp, device)
     autocast = (contextlib.nullcontext if dtype is None else
                 (lambda: torch.autocast(device_type=device.type, dtype=dtype)))
@@ -349,6 +382,8 @@ def train(
                 fingerprint = 0.0  # of the batches seen; processes must see the same ones
                 for _ in range(min(round_steps, max_steps - step)):
                     batch = next(batches)
+                    if schedule == "cosine":
+                        set_lr(step)
                     step += 1
                     if group.active:
                         fingerprint += step * float(_as_tensor(batch, torch.device("cpu"))
@@ -387,7 +422,8 @@ def train(
                                    else source.batches(val_size, split="val"))
                     val_loss = _mean_loss(step_loss, val_batches, device, group, autocast)
                 monitored = val_loss if has_val else train_loss
-                scheduler.step(monitored)
+                if schedule == "plateau":
+                    scheduler.step(monitored)
                 result.n_samples_seen += n
                 result.history.append({
                     "epoch": round_index, "train_loss": train_loss, "val_loss": val_loss,
@@ -423,6 +459,9 @@ def train(
         finally:
             bar.close()
             batches.close()
+            if schedule == "cosine":  # a later partial_fit starts from the base rate
+                for g, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                    g["lr"] = lr
     best.restore()
     group.broadcast_module(module)  # bit-identical models on every process
     module.eval()
@@ -447,7 +486,7 @@ def _place(rows: InMemoryRows, device: torch.device) -> InMemoryRows:
     return rows
 
 
-def _gradients(step_loss: StepLoss, optimizer: torch.optim.Optimizer, group: Group,
+def _gradients(step_loss: StepLoss, optimizer, group: Group,
                batch, device: torch.device,
                autocast=contextlib.nullcontext) -> tuple[float, int]:
     """Set the gradients of one minibatch and return its mean loss and number of rows.

@@ -11,6 +11,8 @@ from hyperspy_mlspec.engine.losses import gaussian_loss, poisson_deviance
 from hyperspy_mlspec.engine.sources import RowSource
 from hyperspy_mlspec.estimators.base import SpectralEstimator, stat_rows
 from hyperspy_mlspec.models import SpectralAutoencoder, default_hidden_sizes
+
+_AFTER_FIT_ROWS = 4096  # rows for components_ and variances: plenty for k <= 64 surrogates
 from hyperspy_mlspec.persistence import register_model
 
 
@@ -150,10 +152,16 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         poisson = self.loss_ == "poisson"
         n_features = self.n_features_in_
 
+        c = torch.as_tensor(norm.channel_scale, device=self.device_)
+
         def step(x: torch.Tensor, training: bool) -> torch.Tensor:
-            xn, m = norm.forward(x)
-            y, _, mu, logvar = module(xn, sample=training)
-            loss = poisson_deviance(y * m, x) if poisson else gaussian_loss(y, xn)
+            if poisson:  # rates in count units: normalisation folded into the network
+                rate, _, mu, logvar = module.rates(x, norm.row_scale(x), c, sample=training)
+                loss = poisson_deviance(rate, x)
+            else:
+                xn, _ = norm.forward(x)
+                y, _, mu, logvar = module(xn, sample=training)
+                loss = gaussian_loss(y, xn)
             if logvar is not None:
                 kl = -0.5 * torch.sum(1 + logvar - mu**2 - logvar.exp(), dim=1).mean()
                 loss = loss + self.beta * kl / n_features
@@ -162,27 +170,39 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         return step
 
     def _after_fit(self, source: RowSource) -> None:
-        """Sort latent dimensions by explained variance and derive ``components_``."""
+        """Sort latent dimensions by explained variance and derive ``components_``
+        (from one encode-decode pass over a sample of at most ``_AFTER_FIT_ROWS``)."""
         rng = np.random.default_rng(0)
-        sample = source.sample(stat_rows(source.n_features), rng)
-        loadings = self._encode(sample)
+        sample = source.sample(min(stat_rows(source.n_features), _AFTER_FIT_ROWS), rng)
+        loadings, recon = self._encode_decode(sample)
         self.typical_scale_ = float(np.median(self._row_scale(sample)))
-        ev = self._component_variances(sample, loadings)
+        comps = self._components(loadings, recon)
+        var = loadings.var(axis=0) if len(loadings) > 1 else np.zeros(loadings.shape[1])
+        ev = (var * (comps.astype(np.float64) ** 2).sum(axis=1)).astype(np.float64)
         order = np.argsort(ev)[::-1].copy()
         if not np.array_equal(order, np.arange(len(order))):
+            # the surrogate's rows follow the loadings' columns: permuting both is exact
             self.module_.permute_latent(torch.as_tensor(order, device=self.device_))
-            loadings = loadings[:, order]
-        ev = self._component_variances(sample, loadings)
+            comps, ev = comps[order], ev[order]
+        self.components_ = comps
         self.explained_variance_ = ev
         total = float(np.var(sample, axis=0).sum()) if len(sample) > 1 else 0.0
         self.explained_variance_ratio_ = ev / total if total > 0 else np.zeros_like(ev)
 
-    def _component_variances(self, sample: np.ndarray, loadings: np.ndarray) -> np.ndarray:
-        self.components_ = self._components(sample, loadings)
-        var = loadings.var(axis=0) if len(loadings) > 1 else np.zeros(loadings.shape[1])
-        return (var * (self.components_.astype(np.float64) ** 2).sum(axis=1)).astype(np.float64)
+    def _encode_decode(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        codes, recon = [], []
+        with torch.no_grad():
+            for i in range(0, len(X), 4096):
+                x = torch.as_tensor(np.asarray(X[i:i + 4096], np.float32), device=self.device_)
+                z, r = self._encode_decode_tensor(x)
+                codes.append(z.cpu().numpy())
+                recon.append(r.cpu().numpy())
+        if not codes:
+            return (np.empty((0, self.n_components), np.float32),
+                    np.empty((0, self.n_features_in_), np.float32))
+        return np.concatenate(codes), np.concatenate(recon)
 
-    def _components(self, sample: np.ndarray, loadings: np.ndarray) -> np.ndarray:
+    def _components(self, loadings: np.ndarray, recon: np.ndarray) -> np.ndarray:
         c = np.asarray(self.normalizer_.channel_scale, dtype=np.float64)
         if self.module_.linear_decoder:
             with torch.no_grad():
@@ -190,8 +210,8 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
                 w = self.module_.decode(eye).cpu().numpy().astype(np.float64)
             return (w * c).astype(np.float32)
         # least-squares linear surrogate of the nonlinear decoder on the training sample
-        recon = self.inverse_transform(loadings).astype(np.float64)
-        comps, *_ = np.linalg.lstsq(loadings.astype(np.float64), recon, rcond=None)
+        comps, *_ = np.linalg.lstsq(loadings.astype(np.float64), recon.astype(np.float64),
+                                    rcond=None)
         return comps.astype(np.float32)
 
     def _row_scale(self, X: np.ndarray) -> np.ndarray:
@@ -199,19 +219,26 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
             x = torch.as_tensor(np.asarray(X, np.float32), device=self.device_)
             return self.normalizer_.row_scale(x).cpu().numpy().ravel()
 
+    def _channel_scale(self, device) -> torch.Tensor:
+        return torch.as_tensor(self.normalizer_.channel_scale, device=device)
+
     def _encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        norm = self.normalizer_
-        r = norm.row_scale(x)
-        xn = x / norm.multiplier(r)
-        mu, _ = self.module_.encode(xn)
+        r = self.normalizer_.row_scale(x)
+        mu, _ = self.module_.encode_counts(x, r, self._channel_scale(x.device))
         return self.module_.latent_activation(mu) * r
 
     def _decode_tensor(self, loadings: torch.Tensor) -> torch.Tensor:
-        c = torch.as_tensor(self.normalizer_.channel_scale, device=loadings.device)
-        return self.module_.decode(loadings) * c
+        return self.module_.decode(loadings, self._channel_scale(loadings.device))
 
     def _reconstruct_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        return self._decode_tensor(self._encode_tensor(x))
+        return self._encode_decode_tensor(x)[1]
+
+    def _encode_decode_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loadings and reconstruction in one pass (what anomaly scores and the
+        streaming monitor need)."""
+        rate, loadings, _, _ = self.module_.rates(x, self.normalizer_.row_scale(x),
+                                                  self._channel_scale(x.device))
+        return loadings, rate
 
     def _encode(self, X: np.ndarray) -> np.ndarray:
         return self._apply_numpy(X, self._encode_tensor)

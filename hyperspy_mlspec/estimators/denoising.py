@@ -313,6 +313,12 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
         return {"n_latent": int(k), "hidden": [int(h) for h in hidden],
                 "n_filters": int(self.n_filters)}
 
+    # the per-pixel DAE keeps its budget (about 3000 steps, 15-300 epochs, plateau decay):
+    # self-supervised targets are noisy (see hyperspy_mlspec.engine.budget)
+    _budget_steps = 3000
+    _budget_passes = (15, 300)
+    _schedule = "plateau"
+
     def _batch_size(self, n_rows: int) -> int:
         # many small steps: self-supervised targets are noisy and the plateau schedule of
         # the engine counts epochs, so small maps need more than a handful of steps per epoch

@@ -19,6 +19,9 @@ from torch import nn
 from torch.nn import functional as F
 
 
+_INIT_ROWS = 4096  # rows of the k-means initialisation
+
+
 def default_hidden_sizes(n_features: int, n_components: int) -> tuple[int, int]:
     """Hidden widths chosen from the data: about a quarter of the channels, at least 64.
 
@@ -158,9 +161,44 @@ class SpectralAutoencoder(nn.Module):
         h = self.encoder((x - self.input_shift) / self.input_scale)
         return self.mu(h), (self.logvar(h) if self.logvar is not None else None)
 
-    def decode(self, code: torch.Tensor) -> torch.Tensor:
-        """Map (activated) latent codes to normalised spectra; homogeneous of degree one."""
-        linear = self.out(code)
+    def encode_counts(self, x: torch.Tensor, row_scale: torch.Tensor,
+                      channel_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`encode` of ``x / (row_scale * channel_scale)`` for raw spectra ``x``.
+
+        The normalisation and the input standardisation are one multiply-add per element
+        (``x / r * a + b`` with per-channel ``a``, ``b``), instead of building the
+        ``(n, C)`` multiplier and three more passes.
+        """
+        a = 1.0 / (channel_scale * self.input_scale)
+        b = -self.input_shift / self.input_scale
+        h = self.encoder(torch.addcmul(b, x * (1.0 / row_scale), a))
+        return self.mu(h), (self.logvar(h) if self.logvar is not None else None)
+
+    def rates(self, x: torch.Tensor, row_scale: torch.Tensor, channel_scale: torch.Tensor,
+              sample: bool = False):
+        """Reconstruction of raw spectra in their own units, with the latent code.
+
+        Equals ``decode(code) * row_scale * channel_scale`` for the code of
+        ``x / (row_scale * channel_scale)``; by homogeneity the row scale is applied to the
+        ``(n, k)`` code and the channel scale to the decoder's output weights, so no
+        ``(n, C)`` multiplier is ever built. Returns ``(rates, code * row_scale, mu,
+        logvar)``; ``sample`` draws latents (variational models, training).
+        """
+        mu, logvar = self.encode_counts(x, row_scale, channel_scale)
+        z = mu
+        if sample and logvar is not None:
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        loadings = self.latent_activation(z) * row_scale
+        return self.decode(loadings, channel_scale), loadings, mu, logvar
+
+    def decode(self, code: torch.Tensor,
+               channel_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Map (activated) latent codes to normalised spectra (times ``channel_scale`` when
+        given, folded into the output weights); homogeneous of degree one."""
+        if channel_scale is None:
+            linear = self.out(code)
+        else:
+            linear = code @ (self.out.weight * channel_scale[:, None]).T
         if self.linear_decoder:
             return linear
         scale = code.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -193,6 +231,7 @@ class SpectralAutoencoder(nn.Module):
         a random start."""
         if len(x) == 0:
             return
+        x = x[:_INIT_ROWS]  # a random sample already: k-means centres need no more
         if not self.linear_decoder:
             last = self.hidden_decoder[-1]
             last.weight.zero_()
