@@ -11,9 +11,9 @@ from hyperspy_mlspec.engine.losses import gaussian_loss, poisson_deviance
 from hyperspy_mlspec.engine.sources import RowSource
 from hyperspy_mlspec.estimators.base import SpectralEstimator, stat_rows
 from hyperspy_mlspec.models import SpectralAutoencoder, default_hidden_sizes
+from hyperspy_mlspec.persistence import register_model
 
 _AFTER_FIT_ROWS = 4096  # rows for components_ and variances: plenty for k <= 64 surrogates
-from hyperspy_mlspec.persistence import register_model
 
 
 @register_model

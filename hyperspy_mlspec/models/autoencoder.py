@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
 _INIT_ROWS = 4096  # rows of the k-means initialisation
 
 
