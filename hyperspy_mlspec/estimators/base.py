@@ -333,16 +333,22 @@ class SpectralEstimator(BaseEstimator):
         method = getattr(self, name)
         return self._apply_numpy(X, functools.partial(method, **kwargs) if kwargs else method)
 
-    def _apply_numpy(self, X: np.ndarray, fn, batch: int = 4096) -> np.ndarray:
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(X), batch):
+    def _apply_numpy(self, X: np.ndarray, fn, batch: int = 2048) -> np.ndarray:
+        """``fn`` over batches of rows, written into one preallocated float32 output
+        (no list of pieces and concatenation: one copy less of the result)."""
+        n = len(X)
+        out = None
+        with torch.inference_mode():
+            for i in range(0, n, batch):
                 x = torch.as_tensor(np.asarray(X[i:i + batch], dtype=np.float32),
                                     device=self.device_)
-                out.append(fn(x).cpu().numpy())
-        if not out:
+                y = fn(x)
+                if out is None:
+                    out = np.empty((n,) + tuple(y.shape[1:]), dtype=np.float32)
+                out[i:i + len(y)] = y.cpu().numpy()
+        if out is None:
             return np.empty((0, 0), dtype=np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
+        return out
 
     def _validate_transform_input(self, X: Any) -> Any:
         check_is_fitted(self, "module_")

@@ -202,6 +202,10 @@ class SpectralAutoencoder(nn.Module):
             return linear
         scale = code.norm(dim=1, keepdim=True).clamp_min(1e-12)
         h = self.hidden_decoder(code / scale)
+        if not torch.is_grad_enabled():  # inference: in place, no (n, C) temporaries
+            if self.nonnegative:
+                return linear.mul_(h.clamp_(-10.0, 10.0).exp_())
+            return linear.add_(h.mul_(scale))
         if self.nonnegative:  # multiplicative correction keeps rates non-negative
             return linear * torch.exp(h.clamp(-10.0, 10.0))
         return linear + scale * h
