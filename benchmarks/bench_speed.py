@@ -236,8 +236,9 @@ def measure_training(quick: bool = False) -> dict:
 def reference_methods(commit: str, maps: Sequence[str], quick: bool) -> dict:
     """The methods part run with ``hyperspy_mlspec`` of ``commit`` (a ``git archive``)."""
     with tempfile.TemporaryDirectory(prefix="mlspec-ref-") as tmp:
-        archive = subprocess.run(["git", "archive", commit], cwd=ROOT, check=True,
-                                 capture_output=True).stdout
+        # the package only: this benchmark (and its helpers) come from the current tree
+        archive = subprocess.run(["git", "archive", commit, "hyperspy_mlspec"], cwd=ROOT,
+                                 check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         out = Path(tmp) / "methods.json"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([tmp, str(ROOT)]))

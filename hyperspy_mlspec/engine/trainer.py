@@ -80,10 +80,21 @@ class TrainResult:
 
 def _mean_loss(step_loss: StepLoss, batches, device: torch.device, group: Group | None = None,
                autocast=contextlib.nullcontext) -> float:
-    """Mean of ``step_loss`` over batches (weighted by rows); the same on every process."""
+    """Mean of ``step_loss`` over batches (weighted by rows); the same on every process.
+
+    A ``step_loss`` with a ``validation_seed`` attribute is evaluated with torch's random
+    stream reset to that seed: random draws inside the validation loss (a binomial split
+    of the counts, masks) are then the same at every round, so rounds compare like with
+    like.
+    """
     group = group or Group()
     total, n = None, 0
-    with torch.no_grad():
+    seed = getattr(step_loss, "validation_seed", None)
+    fixed = (contextlib.nullcontext() if seed is None else
+             torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
+    with torch.no_grad(), fixed:
+        if seed is not None:
+            torch.manual_seed(int(seed))
         for batch in batches:
             batch = batch[group.shard(len(batch))]  # this process's rows (all of them alone)
             if not len(batch):
@@ -218,6 +229,7 @@ def train(
     compile: bool = False,
     amp: bool | str | None = "auto",
     schedule: str = "plateau",
+    min_delta: float = 1e-4,
 ) -> TrainResult:
     """Train ``module`` by minimising ``step_loss`` over minibatches of ``source``.
 
@@ -273,6 +285,13 @@ def train(
         Mixed precision: ``"auto"`` (bf16 autocast on a GPU that supports it, none on the
         CPU), True/``"bf16"``, ``"fp16"``, or False. Losses of the package compute in
         float32 inside autocast.
+    schedule
+        ``"plateau"``: halve the learning rate after ``patience // 3`` rounds without
+        improvement; ``"cosine"``: warm up over 5 % of the steps, then cosine decay to 1 %
+        over the budget (``max_samples`` or ``epochs``).
+    min_delta
+        Relative improvement of the monitored loss that counts as one (best weights,
+        patience).
 
     Returns
     -------
@@ -438,7 +457,7 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{train_loss:.4g}",
                                 **({"val": f"{val_loss:.4g}"} if has_val else {}))
-                if best.saved is None or monitored < best_loss - 1e-4 * abs(best_loss):
+                if best.saved is None or monitored < best_loss - min_delta * abs(best_loss):
                     best_loss, bad_rounds, result.best_epoch = monitored, 0, round_index
                     best.save()
                 else:

@@ -162,6 +162,7 @@ class SpectralEstimator(BaseEstimator):
     _budget_steps = DEFAULT_STEPS
     _budget_passes = (1, 1000)
     _schedule = "cosine"
+    _min_delta = 1e-4
 
     def _batch_size(self, n_rows: int) -> int:
         if self.batch_size == "auto":
@@ -174,7 +175,8 @@ class SpectralEstimator(BaseEstimator):
     def _plan(self, n_train: int, batch_size: int) -> dict:
         """Keyword arguments of :func:`~hyperspy_mlspec.engine.train` for a fit: the
         budget in spectra for ``epochs="auto"``, else exactly ``epochs`` passes."""
-        plan = {"eval_every": round_rows(n_train), "schedule": self._schedule}
+        plan = {"eval_every": round_rows(n_train), "schedule": self._schedule,
+                "min_delta": self._min_delta}
         if self.epochs == "auto":
             low, high = self._budget_passes
             budget = auto_budget(n_train, batch_size, steps=self._budget_steps,

@@ -22,14 +22,20 @@ _INIT_ROWS = 4096  # rows of the k-means initialisation
 
 
 def default_hidden_sizes(n_features: int, n_components: int) -> tuple[int, int]:
-    """Hidden widths chosen from the data: about a quarter of the channels, at least 64.
+    """Hidden widths chosen from the data: an eighth of the channels, 64 to 256.
+
+    Narrower than the quarter (up to 512) of earlier versions: the same or lower errors
+    against the truth on the benchmark maps at half the FLOPs (training and inference; see
+    ``benchmarks/RESULTS.md``, speed section).
 
     Examples
     --------
     >>> default_hidden_sizes(1024, 4)
-    (256, 128)
+    (128, 64)
+    >>> default_hidden_sizes(2048, 4), default_hidden_sizes(160, 4)
+    ((256, 128), (64, 32))
     """
-    h1 = int(min(512, max(64, n_features // 4, 8 * n_components)))
+    h1 = int(min(256, max(64, n_features // 8, 8 * n_components)))
     return h1, max(32, h1 // 2, 4 * n_components)
 
 
