@@ -206,7 +206,8 @@ def test_bad_construction(mix, model):
 
 # -- background refresh -----------------------------------------------------------------------
 def test_background_refresh_does_not_block_update(mix):
-    with StreamingMonitor(mix, n_components=2, refresh_every=20, pca_chunk=10) as mon:
+    with StreamingMonitor(mix, n_components=2, refresh_every=20, pca_chunk=10,
+                          refresh_pause=0) as mon:
         started, release = threading.Event(), threading.Event()
         job = mon._refresh_job
 
@@ -232,6 +233,20 @@ def test_background_refresh_does_not_block_update(mix):
         mon.wait()
         assert mon.pca_basis_version_ >= 2 and mon.n_refreshes_ >= 2
         assert not np.allclose(mon.pca_components_, first)
+
+
+def test_background_refreshes_are_paced_by_their_cost(mix):
+    # a refresh waits `refresh_pause` times the previous one's duration: with a huge
+    # pause only the first periodic refresh runs, the sums keep every spectrum
+    with StreamingMonitor(mix, n_components=2, refresh_every=20, pca_chunk=10,
+                          refresh_pause=1e6) as mon:
+        _feed(mon, mix, rows_per_step=2)
+        mon.wait()
+        assert mon.n_refreshes_ == 1
+        mon.refresh()  # an explicit refresh is never held back
+        assert mon.n_refreshes_ == 2 and mon._basis.n_samples == 120
+    with pytest.raises(ValueError, match="refresh_pause"):
+        StreamingMonitor(mix, n_components=2, refresh_pause=-1)
 
 
 def test_fine_tune_trains_a_copy(mix, model):

@@ -103,7 +103,12 @@ class StreamingMonitor:
         ``"poisson"`` (Keenan-Kotula), ``"none"``, or ``"auto"``: Poisson when the model's
         loss is Poisson, else when the first spectra are counts.
     refresh_every
-        Spectra between two eigendecompositions of the PCA covariance.
+        Spectra between two eigendecompositions of the PCA covariance (at least: in the
+        background a refresh also waits ``refresh_pause`` times the duration of the
+        previous one, so refreshes never take more than a fraction of a core however
+        fast spectra arrive).
+    refresh_pause
+        See ``refresh_every`` (background refreshes only; 4: at most a fifth of a core).
     background
         Refresh the PCA basis (and fine-tune) in a background thread (True) or inside the
         :meth:`update` call that triggers it (False: deterministic, but the stream stalls).
@@ -172,7 +177,8 @@ class StreamingMonitor:
     def __init__(self, template=None, model=None, *, navigation_shape=None,
                  n_channels: int | None = None, n_components: int | None = None,
                  metric: str = "auto", smoothing: float = 0.0, pca_weighting: str = "auto",
-                 refresh_every: int = 4096, background: bool = True, pca_chunk: int = 256,
+                 refresh_every: int = 4096, refresh_pause: float = 4.0,
+                 background: bool = True, pca_chunk: int = 256,
                  pca_dtype: str = "float32", batch_size: int = 2048,
                  num_threads: int | None = None,
                  fine_tune: bool = False, fine_tune_every: int = 8192,
@@ -193,6 +199,10 @@ class StreamingMonitor:
         self.n_components = n_components
         self.smoothing = float(smoothing)
         self.refresh_every = int(refresh_every)
+        if not (math.isfinite(refresh_pause) and refresh_pause >= 0):
+            raise ValueError(f"refresh_pause must be >= 0, got {refresh_pause!r}")
+        self.refresh_pause = float(refresh_pause)
+        self._next_refresh = -math.inf  # perf_counter time before which none starts
         self.background = bool(background)
         self.pca_chunk = int(pca_chunk)
         self.batch_size = int(batch_size)
@@ -675,7 +685,12 @@ class StreamingMonitor:
 
     def _refresh_job(self, delta) -> None:
         """Merge the sums and compute a new basis (the refresh thread)."""
-        self._pca.refresh_with(delta)
+        t0 = time.perf_counter()
+        try:
+            self._pca.refresh_with(delta)
+        finally:
+            end = time.perf_counter()
+            self._next_refresh = end + self.refresh_pause * (end - t0)
 
     def _collect_refresh(self) -> None:
         """Surface errors of a finished refresh/fine-tune, adopt a fine-tuned model, and
@@ -745,7 +760,9 @@ class StreamingMonitor:
             with threads(self.num_threads):
                 self._pca.add(x)  # copied: the caller may reuse its buffer
                 self._since_refresh += n
-                if self._since_refresh >= self.refresh_every and not self.refreshing:
+                if (self._since_refresh >= self.refresh_every and not self.refreshing
+                        and (not self.background
+                             or time.perf_counter() >= self._next_refresh)):
                     self._start_refresh()
             if not self.background:
                 self._collect_refresh()

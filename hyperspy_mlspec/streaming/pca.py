@@ -237,24 +237,32 @@ class StreamingPCA:
         if acc is None or acc.n < 2:
             return None
         n = acc.n
-        # the full symmetric matrix from the upper triangle, in one buffer
-        S = np.triu(acc.S)
-        S += np.triu(acc.S, 1).T
-        diag_S = np.diag(S).copy()
-        S -= np.outer(acc.s, acc.s / n)
-        S /= n - 1
-        cov = S
+        # the full symmetric matrix from the upper triangle (the strict lower triangle of
+        # the sums is zero: syrk and merges only write the upper one), in one buffer, then
+        # centred and scaled in place: no C x C temporaries besides it
+        diag_S = np.diag(acc.S).copy()
+        S = np.empty((self.n_channels, self.n_channels))  # C order: S.T is BLAS's layout
+        np.add(acc.S, acc.S.T, out=S)
+        S.flat[:: self.n_channels + 1] = diag_S
+        from scipy.linalg.blas import dger
+
+        # S -= s s^T / n, a rank-one update in place (S is symmetric: its transpose is
+        # the Fortran-ordered matrix BLAS expects)
+        dger(-1.0 / n, acc.s, acc.s, a=S.T, overwrite_a=1)
         mean_y = acc.shift + acc.s / n
         scale = None
+        w = np.full(self.n_channels, 1.0 / np.sqrt(n - 1))
         if self.weighting == "poisson":
             # channel weights as engine.normalization's "poisson": sqrt(channel mean), floored
             c = np.sqrt(np.clip(acc.raw_sum / n, 0, None))
             positive = c[c > 0]
             c = np.maximum(c, 1e-3 * positive.mean() if positive.size else 1.0)
-            cov /= c[:, None]
-            cov /= c[None, :]
+            w /= c
             mean_y = mean_y / c
             scale = c
+        np.multiply(S, w[:, None], out=S)
+        np.multiply(S, w[None, :], out=S)
+        cov = S
         k = min(self.n_components, self.n_channels)
         old = self.basis
         values, comps = top_eigenpairs(cov, k, None if old is None else old.components64)
