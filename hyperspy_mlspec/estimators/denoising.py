@@ -44,6 +44,7 @@ from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from hyperspy_mlspec.engine import Normalizer
+from hyperspy_mlspec.engine.sampling import binomial_half
 from hyperspy_mlspec.engine.losses import (
     gaussian_loss,
     poisson_deviance,
@@ -390,7 +391,8 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
 
         def split_step(x: torch.Tensor, training: bool) -> torch.Tensor:
             x = x.round()
-            a = torch.binomial(x, torch.full_like(x, 0.5), generator=generator(training))
+            # exact Binomial(x, 1/2), 4-5x faster than torch.binomial on a CPU (engine.sampling)
+            a = binomial_half(x, generator=generator(training))
             full = self._predict(a, total=x.sum(1, keepdim=True))
             return poisson_deviance(0.5 * full, x - a)
 
