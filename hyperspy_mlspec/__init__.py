@@ -10,7 +10,10 @@ Importing the package adds the ``mlspec`` namespace to every HyperSpy signal::
 Public API (everything else is internal):
 """
 
-from hyperspy_mlspec import data  # noqa: E402
+from hyperspy_mlspec import (
+    data,  # noqa: E402
+    gui,  # noqa: E402  (panels; toolkits imported only when used)
+)
 from hyperspy_mlspec._version import __version__  # noqa: E402
 from hyperspy_mlspec.accessor import MLSpecNamespace, register  # noqa: E402
 from hyperspy_mlspec.anomaly import AnomalyResult, ClusterResult, plot_embedding  # noqa: E402
@@ -34,6 +37,7 @@ __all__ = [
     "StreamingMonitor",
     "__version__",
     "data",
+    "gui",
     "load_model",
     "plot_embedding",
 ]

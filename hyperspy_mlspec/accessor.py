@@ -109,8 +109,9 @@ class MLSpecNamespace:
         from hyperspy_mlspec.estimators import AutoencoderDecomposition
 
         s = self._signal
-        if s.axes_manager.navigation_dimension == 0:
-            raise ValueError("decomposition needs several spectra; this signal holds one.")
+        if s.axes_manager.navigation_size < 2:
+            raise ValueError("decomposition needs several spectra; this signal holds one. "
+                             "Decompose a line or a map (or stack spectra with hs.stack).")
         est = AutoencoderDecomposition(n_components=n_components,
                                        show_progressbar=show_progressbar, **estimator_params)
         t = sio.fit_on_signal(est, s, navigation_mask=navigation_mask,
@@ -411,9 +412,52 @@ class MLSpecNamespace:
         >>> phases = s.mlspec.predict(mae)  # doctest: +SKIP
         """
         model = _model(model)
+        if not hasattr(model, "predict"):  # the MAE is a predictor once fit_probe has run
+            raise ValueError(f"{type(model).__name__} has no few-label head yet: call "
+                             "model.fit_probe(signal, labels, navigation_mask=...) first")
         if proba:
             return model.predict_proba(self._signal, navigation_mask=navigation_mask)
         return model.predict(self._signal, navigation_mask=navigation_mask)
+
+    # -- GUI --------------------------------------------------------------------------------
+    def gui(self, display: bool = True, toolkit=None, **options: Any):
+        """Panel to train and apply the methods from a GUI (Jupyter or Qt).
+
+        Choose a method (decomposition, denoise, anomaly_map, cluster, embed) and its
+        options; Run trains in a background thread with a live loss curve, a progress bar
+        and a Stop button (the best weights are kept), then shows the result with HyperSpy's
+        plots. Results land where the API puts them (``decomposition`` fills
+        ``s.learning_results``) and in the panel's ``result`` / ``results``. Needs the
+        ``gui`` extra (``pip install "hyperspy_mlspec[gui]"``).
+
+        Parameters
+        ----------
+        display
+            True shows the panel; False returns HyperSpy's usual dict,
+            ``{"ipywidgets": {"widget": ..., "wdict": {...}}}`` (and/or ``"traitsui"``).
+        toolkit
+            None (every toolkit enabled in ``hs.preferences.GUIs``), ``"ipywidgets"``,
+            ``"traitsui"`` or a list of them.
+        **options
+            Initial panel values, e.g. ``method="denoise"``, ``epochs=20``, ``plot=False``.
+
+        Returns
+        -------
+        MLSpecPanel or dict
+            The panel (``display=True``) or the widgets (``display=False``).
+
+        Examples
+        --------
+        >>> panel = s.mlspec.gui()  # doctest: +SKIP
+        >>> w = s.mlspec.gui(display=False, toolkit="ipywidgets")  # doctest: +SKIP
+        >>> w["ipywidgets"]["wdict"]["run_button"].click()  # doctest: +SKIP
+        """
+        from hyperspy_mlspec.gui import MLSpecPanel, require_toolkit
+
+        toolkits = require_toolkit(toolkit)
+        panel = MLSpecPanel(self._signal, **options)
+        widgets = panel.gui(display=display, toolkit=toolkits)
+        return panel if display else widgets
 
 
 def _model(model):

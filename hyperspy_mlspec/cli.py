@@ -329,6 +329,8 @@ def _as_list(values) -> list[float] | None:
 
 
 def _decompose_file(path: Path, out_dir: Path, args: argparse.Namespace) -> dict:
+    import numpy as np
+
     s = _load_one(path, args.lazy, args.verbose)
     k = args.components
     n_channels = s.axes_manager.signal_axes[0].size
@@ -357,6 +359,8 @@ def _decompose_file(path: Path, out_dir: Path, args: argparse.Namespace) -> dict
                 final_val_loss=model.history_[-1]["val_loss"] if model.history_ else None)
         else:
             poisson = _is_nonnegative(s)
+            if not np.issubdtype(s.data.dtype, np.floating):
+                s.change_dtype("float32")  # HyperSpy's SVD needs floats (our own copy)
             s.decomposition(algorithm="SVD", normalize_poissonian_noise=poisson,
                             output_dimension=k, signal_mask=_signal_mask(s, args.signal_range),
                             print_info=False)

@@ -1,9 +1,15 @@
 """Shared fixtures: small spectrum images with known clean data, progress bars off."""
 
-import matplotlib
-import numpy as np
-import pytest
-import torch
+import os
+
+# Qt tests (traitsui) run offscreen on a machine without a display; set before any import
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("ETS_TOOLKIT", "qt")
+
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 matplotlib.use("Agg")
 
@@ -12,6 +18,9 @@ import hyperspy.api as hs  # noqa: E402
 import hyperspy_mlspec  # noqa: E402, F401  (registers s.mlspec)
 
 hs.preferences.General.show_progressbar = False
+# HyperSpy's own widgets (navigation sliders of plots) in ipywidgets only: Qt windows are
+# opened by the traitsui tests alone, with toolkit="traitsui"
+hs.preferences.GUIs.enable_traitsui_gui = False
 
 # pytest -n 2 runs two workers on two cores: one torch thread each avoids oversubscription
 # (measured: the demo ran 10x slower with two threads per process on a busy 2-core machine)
@@ -43,6 +52,21 @@ def mixture_map(shape=(12, 10), n_channels=96, dose=30.0, seed=0):
 @pytest.fixture
 def mixture():
     return mixture_map()
+
+
+def spatial_score() -> bool:
+    """True when anomaly_map has the spatial-context score (no training) as its default."""
+    import inspect
+
+    from hyperspy_mlspec import MLSpecNamespace
+
+    return "method" in inspect.signature(MLSpecNamespace.anomaly_map).parameters
+
+
+def quick_anomalies(s):
+    """s.mlspec.anomalies() with its defaults, a short fit where the default trains."""
+    kw = {} if spatial_score() else {"epochs": 3, "random_state": 0}
+    return s.mlspec.anomalies(show_progressbar=False, **kw)
 
 
 FAST = dict(epochs=8, random_state=0, show_progressbar=False)

@@ -534,3 +534,9 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
             opt.load_state_dict({"state": state, **config["optimizer"]})
             self._optimizer = opt
         self._restore_probe(arrays)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        tags.transformer_tags.preserves_dtype = ["float32"]  # float32 throughout
+        return tags

@@ -94,8 +94,9 @@ class PoolInputs:
         """``(resample function or None, target axis)`` for spectra on ``axis``."""
         if axis.size < self.n_patches:
             raise ValueError(
-                f"{name} has {axis.size} channels, fewer than the {self.n_patches} patches of "
-                f"the model (n_channels={self.n_channels}, patch_size={self.patch_size}): "
+                f"{name} has {axis.size} channels (n_features = {axis.size}), fewer than "
+                f"the {self.n_patches} patches of the model (n_channels={self.n_channels}, "
+                f"patch_size={self.patch_size}): "
                 "resampling it would invent the spectral detail the model looks at. Use "
                 "signals with more channels, or a model with fewer patches (smaller "
                 "n_channels or larger patch_size).")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from hyperspy_mlspec.engine import ArraySource, train
@@ -59,6 +60,15 @@ class _ProbeNet(torch.nn.Module):
     def output(self, x: torch.Tensor, task: str) -> torch.Tensor:
         out = self(x)
         return out if task == "classification" else out * self.y_std + self.y_mean
+
+
+def _has_head(self) -> bool:
+    # predict/predict_proba exist once a head is fitted (scikit-learn's available_if, as
+    # Pipeline does): pretraining alone makes a transformer, fit_probe a predictor
+    if getattr(self, "_probe_net", None) is None:
+        raise AttributeError(f"{type(self).__name__} has no few-label head yet, so no "
+                             "predict/predict_proba: call fit_probe(X, y) first")
+    return True
 
 
 class ProbeHeads:
@@ -326,8 +336,6 @@ class ProbeHeads:
             return float(step(batch, False))
 
     def _probe_outputs(self, X, navigation_mask, what: str):
-        if getattr(self, "_probe_net", None) is None:
-            raise ValueError("no few-label head: call fit_probe(X, y) first")
         t = self._table(X, navigation_mask)
         task = self.probe_["task"]
         if what in ("predict_proba",) and task != "classification":
@@ -337,6 +345,7 @@ class ProbeHeads:
         out = self._map_rows(t.rows, functools.partial(self._probe_tensor, what=what), n_out)
         return out, t
 
+    @available_if(_has_head)
     def predict(self, X, *, navigation_mask=None):
         """Class labels or regression values of the few-label head.
 
@@ -377,6 +386,7 @@ class ProbeHeads:
         return t.image(out[:, 0], title, "class" if task == "classification" else "value",
                        **details)
 
+    @available_if(_has_head)
     def predict_proba(self, X, *, navigation_mask=None):
         """Class probabilities ``(n, n_classes)``; for a signal a Signal1D with the
         navigation axes and a ``"class"`` signal axis (order of ``probe_["classes"]``).
