@@ -33,6 +33,9 @@ class _FusedPoissonDeviance(torch.autograd.Function):
         log_term = torch.dot(counts.reshape(-1),
                              torch.log(ratio.clamp_min(1e-30)).reshape(-1))
         total = log_term - counts.sum() + rate.clamp_min(_EPS).sum()
+        # where the floor is active the gradient is zero; on a CPU one read pass tells
+        # whether it is anywhere (usually not), on a GPU the mask is applied without asking
+        ctx.floored = rate.is_cuda or float(rate.detach().amin()) < _EPS
         ctx.save_for_backward(rate, ratio)
         return total * (2.0 / max(1, counts.numel()))
 
@@ -41,7 +44,7 @@ class _FusedPoissonDeviance(torch.autograd.Function):
         rate, ratio = ctx.saved_tensors
         scale = grad_output * (2.0 / max(1, ratio.numel()))
         grad = torch.sub(1.0, ratio).mul_(scale)
-        if bool((rate < _EPS).any()):
+        if ctx.floored:
             grad.masked_fill_(rate < _EPS, 0.0)
         return grad, None
 
