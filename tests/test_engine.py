@@ -214,8 +214,8 @@ def test_batch_size_rule_follows_the_data_and_the_machine():
     from hyperspy_mlspec.engine.budget import auto_batch_size
 
     sizes = [auto_batch_size(n) for n in (100, 2000, 4096, 16384, 10**6)]
-    assert sizes == [64, 128, 256, 1024, 1024]
-    assert auto_batch_size(40) == 40  # never more than the rows
+    assert sizes == [16, 128, 256, 1024, 1024]
+    assert auto_batch_size(10) == 10  # never more than the rows
     assert auto_batch_size(10**6, "cuda") == 8192  # a GPU gets larger batches
 
 
@@ -229,7 +229,7 @@ def test_budget_in_spectra_scales_with_the_data():
     assert samples == sorted(samples) and samples[-1] > 50 * samples[0]  # grows with n
     assert passes == sorted(passes, reverse=True)  # ... but fewer passes on large maps
     assert passes[-1] == 1.0  # at least one pass over every spectrum
-    assert samples[0] == 300 * 64  # small maps: 300 steps of the smallest batch
+    assert samples[0] == 300 * 32  # small maps: 300 steps of n/16 rows
     # rounds: one per epoch, or 2**17 spectra on large maps
     assert budgets[0].eval_every is None and budgets[-1].eval_every == 2**17
 

@@ -3,7 +3,8 @@
 The rules (measured in ``benchmarks/bench_speed.py``, see ``benchmarks/RESULTS.md``):
 
 * **Batch size** grows with the data, about 1/16 of the training rows rounded to a power
-  of two, between 64 and a ceiling set by the machine: 1024 on a CPU (larger batches no
+  of two, between 16 (tiny maps still get a dozen steps per epoch) and a ceiling set by
+  the machine: 1024 on a CPU (larger batches no
   longer raise the matmul rate of these networks, and activations stop fitting the
   caches), 8192 on a GPU (where small batches leave it idle).
 * **Budget** in spectra seen: ``steps`` optimiser steps (300 by default: with the
@@ -64,7 +65,7 @@ def max_batch(device: torch.device | str) -> int:
 
 
 def auto_batch_size(n_train: int, device: torch.device | str = "cpu", *, divisor: int = 16,
-                    low: int = 64, high: int | None = None) -> int:
+                    low: int = 16, high: int | None = None) -> int:
     """Batch size from the data and the machine: ``n_train / divisor`` rounded to a power
     of two, clipped to ``[low, high]`` (``high`` defaults to :func:`max_batch`) and to the
     number of rows.

@@ -92,11 +92,16 @@ def _mean_loss(step_loss: StepLoss, batches, device: torch.device, group: Group 
     seed = getattr(step_loss, "validation_seed", None)
     fixed = (contextlib.nullcontext() if seed is None else
              torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
+    # random validation losses: every process evaluates every row itself (the draws then do
+    # not depend on how rows are shared out: one process and several agree); the split is
+    # small, so the repeated work costs little
+    shard = seed is None and group.active
     with torch.no_grad(), fixed:
         if seed is not None:
             torch.manual_seed(int(seed))
         for batch in batches:
-            batch = batch[group.shard(len(batch))]  # this process's rows (all of them alone)
+            if shard:
+                batch = batch[group.shard(len(batch))]  # this process's rows
             if not len(batch):
                 continue
             with autocast():
@@ -104,7 +109,7 @@ def _mean_loss(step_loss: StepLoss, batches, device: torch.device, group: Group 
             total = loss * len(batch) if total is None else total + loss * len(batch)
             n += len(batch)
     total = float(total) if total is not None else 0.0
-    if group.active:  # the same mean on every process: identical plateau / stopping decisions
+    if shard:  # the same mean on every process: identical plateau / stopping decisions
         total, n = group.all_reduce([total, n])
     return total / n if n else math.nan
 

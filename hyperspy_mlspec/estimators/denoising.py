@@ -44,12 +44,12 @@ from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from hyperspy_mlspec.engine import Normalizer
-from hyperspy_mlspec.engine.sampling import binomial_half
 from hyperspy_mlspec.engine.losses import (
     gaussian_loss,
     poisson_deviance,
     poisson_deviance_elements,
 )
+from hyperspy_mlspec.engine.sampling import binomial_half
 from hyperspy_mlspec.estimators.base import SpectralEstimator, is_dask, looks_like_counts
 from hyperspy_mlspec.models.denoiser import ConvDenoiser, DenseDenoiser, default_hidden_sizes
 from hyperspy_mlspec.persistence import register_model
