@@ -364,3 +364,16 @@ def test_mixed_precision_path_runs_on_the_cpu():
                 show_progressbar=False)
     assert torch.bfloat16 in dtypes and lin.weight.dtype == torch.float32
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+
+
+def test_compile_only_pays_on_long_cpu_runs():
+    from hyperspy_mlspec.engine.budget import COMPILE_MIN_STEPS, compile_pays
+
+    big = torch.nn.Sequential(torch.nn.Linear(1024, 128), torch.nn.Linear(128, 1024))
+    assert not compile_pays(600, big, 1024)  # the default budgets: start-up not repaid
+    assert not compile_pays(10 * COMPILE_MIN_STEPS, torch.nn.Linear(160, 64), 128)  # tiny
+    assert not compile_pays(10 * COMPILE_MIN_STEPS, big, 1024, "cuda")  # not on a GPU
+    import shutil
+
+    has_cxx = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+    assert compile_pays(10 * COMPILE_MIN_STEPS, big, 1024) == has_cxx

@@ -72,7 +72,9 @@ def poisson_deviance(rate: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """
     rate = rate.float()
     counts = counts.float()
-    if counts.requires_grad:  # not a noise model any estimator uses: the plain graph
+    # the plain graph when counts need a gradient (no estimator's noise model does) and
+    # under torch.compile, which fuses it itself (the custom node would break the graph)
+    if counts.requires_grad or torch.compiler.is_compiling():
         return poisson_deviance_elements(rate, counts).mean()
     return _FusedPoissonDeviance.apply(rate, counts.detach())
 

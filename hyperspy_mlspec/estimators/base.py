@@ -24,6 +24,7 @@ from hyperspy_mlspec.engine.budget import (
     DEFAULT_STEPS,
     auto_batch_size,
     auto_budget,
+    compile_pays,
     round_rows,
     training_threads,
     validation_fraction,
@@ -238,6 +239,9 @@ class SpectralEstimator(BaseEstimator):
             self._optimizer = make_optimizer(self.module_.parameters(), self.learning_rate,
                                              self.weight_decay)
         options.setdefault("num_threads", training_threads(self.module_, batch_size))
+        planned = options.get("max_samples") or epochs * max(1, source.count("train"))
+        options.setdefault("compile", compile_pays(int(planned) // max(1, batch_size),
+                                                   self.module_, batch_size, self.device_))
         options.update(getattr(self, "_train_options", {}))  # benchmarks' experiments
         result = train(self.module_, self._step_loss(), source, epochs=epochs,
                        batch_size=batch_size, patience=patience, device=self.device_,
