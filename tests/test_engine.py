@@ -377,3 +377,29 @@ def test_compile_only_pays_on_long_cpu_runs():
 
     has_cxx = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
     assert compile_pays(10 * COMPILE_MIN_STEPS, big, 1024) == has_cxx
+
+
+@pytest.mark.parametrize("extreme", [False, True])
+def test_fused_exp_link_deviance_equals_the_separate_nodes(extreme):
+    from hyperspy_mlspec.engine.losses import poisson_deviance_elements, poisson_deviance_exp
+
+    gen = torch.Generator().manual_seed(1)
+    counts = torch.poisson(torch.rand(32, 24, generator=gen) * 8)
+    linear = (torch.rand(32, 24, generator=gen) * 4 + 0.1).requires_grad_()
+    h = (torch.randn(32, 24, generator=gen) * 0.5).requires_grad_()
+    if extreme:  # clamped corrections and rates under the floor get no gradient
+        with torch.no_grad():
+            h[0, :3] = torch.tensor([12.0, -11.0, 10.5])
+            linear[1, :2] = 1e-12
+    fused = poisson_deviance_exp(linear, h, counts)
+    fused.backward()
+    g_lin, g_h = linear.grad.clone(), h.grad.clone()
+    linear.grad = h.grad = None
+    ref = poisson_deviance_elements(linear * torch.exp(h.clamp(-10, 10)), counts).mean()
+    ref.backward()
+    torch.testing.assert_close(fused, ref, rtol=1e-6, atol=1e-7)
+    # gradients are ~2/N = 3e-3; where x ~ mu they cancel to rounding
+    torch.testing.assert_close(g_lin, linear.grad, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(g_h, h.grad, rtol=1e-5, atol=1e-8)
+    if extreme:
+        assert float(g_h[0, :3].abs().max()) == 0.0 and float(g_lin[1, :2].abs().max()) == 0

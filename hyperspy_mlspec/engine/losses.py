@@ -49,6 +49,63 @@ class _FusedPoissonDeviance(torch.autograd.Function):
         return grad, None
 
 
+class _FusedPoissonDevianceExp(torch.autograd.Function):
+    """Mean deviance of ``mu = linear * exp(clamp(h, -10, 10))`` (a multiplicative,
+    log-link correction of a linear model), with ``mu`` floored at ``_EPS``.
+
+    One node for the correction and the deviance: ``d/dlinear = g exp(h)``, ``d/dh =
+    g mu`` with ``g = 2 (1 - x / mu) / N``, zero where a clamp is active. Eight passes over
+    the batch forward and four backward, instead of the twenty of the separate nodes.
+    """
+
+    @staticmethod
+    def forward(ctx, linear: torch.Tensor, h: torch.Tensor, counts: torch.Tensor):
+        clamped = bool(h.is_cuda) or float(h.detach().abs().amax()) > 10.0
+        e = h.clamp(-10.0, 10.0).exp_() if clamped else torch.exp(h)
+        rate = torch.mul(linear, e)
+        floored = bool(rate.is_cuda) or float(rate.amin()) < _EPS
+        if floored:
+            rate.clamp_min_(_EPS)
+        ratio = counts / rate
+        log_term = torch.dot(counts.reshape(-1),
+                             torch.log(ratio.clamp_min(1e-30)).reshape(-1))
+        total = log_term - counts.sum() + rate.sum()
+        ctx.clamped, ctx.floored = clamped, floored
+        ctx.save_for_backward(h if clamped else e[:0], e, rate, ratio)
+        return total * (2.0 / max(1, counts.numel()))
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        h, e, rate, ratio = ctx.saved_tensors
+        g = torch.sub(1.0, ratio).mul_(grad_output * (2.0 / max(1, ratio.numel())))
+        if ctx.floored:
+            g.masked_fill_(rate <= _EPS, 0.0)
+        grad_linear = g * e
+        grad_h = g.mul_(rate)
+        if ctx.clamped:
+            grad_h.masked_fill_(h.abs() > 10.0, 0.0)
+        return grad_linear, grad_h, None
+
+
+def poisson_deviance_exp(linear: torch.Tensor, h: torch.Tensor,
+                         counts: torch.Tensor) -> torch.Tensor:
+    """:func:`poisson_deviance` of ``linear * exp(clamp(h, -10, 10))`` in one node (the
+    nonlinear, non-negative decoder of :class:`~hyperspy_mlspec.models.SpectralAutoencoder`
+    followed by its loss).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([[1.0, 2.0]])
+    >>> float(poisson_deviance_exp(x, torch.zeros(1, 2), x))
+    0.0
+    """
+    linear, h, counts = linear.float(), h.float(), counts.float()
+    if counts.requires_grad or torch.compiler.is_compiling():
+        return poisson_deviance(linear * torch.exp(h.clamp(-10.0, 10.0)), counts)
+    return _FusedPoissonDevianceExp.apply(linear, h, counts.detach())
+
+
 def poisson_deviance(rate: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Mean Poisson deviance ``2 [x log(x / mu) - (x - mu)]`` (fused, float32).
 

@@ -7,7 +7,7 @@ import torch
 from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from hyperspy_mlspec.engine.losses import gaussian_loss, poisson_deviance
+from hyperspy_mlspec.engine.losses import gaussian_loss, poisson_deviance, poisson_deviance_exp
 from hyperspy_mlspec.engine.sampling import binomial_half
 from hyperspy_mlspec.engine.sources import RowSource
 from hyperspy_mlspec.estimators.base import SpectralEstimator, looks_like_counts, stat_rows
@@ -170,6 +170,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
 
         c = torch.as_tensor(norm.channel_scale, device=self.device_)
         split = poisson and getattr(self, "_counts", False)
+        fused = poisson and module.nonnegative and not module.linear_decoder
 
         def step(x: torch.Tensor, training: bool) -> torch.Tensor:
             if split and not training:
@@ -181,7 +182,11 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
                 x2 = 2.0 * a
                 rate, _, mu, logvar = module.rates(x2, norm.row_scale(x2), c)
                 return poisson_deviance(0.5 * rate, x - a)
-            if poisson:  # rates in count units: normalisation folded into the network
+            if fused:  # the decoder's exp correction and the deviance in one node
+                linear, h, mu, logvar = module.rate_parts(x, norm.row_scale(x), c,
+                                                          sample=training)
+                loss = poisson_deviance_exp(linear, h, x)
+            elif poisson:  # rates in count units: normalisation folded into the network
                 rate, _, mu, logvar = module.rates(x, norm.row_scale(x), c, sample=training)
                 loss = poisson_deviance(rate, x)
             else:

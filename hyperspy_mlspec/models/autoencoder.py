@@ -196,6 +196,20 @@ class SpectralAutoencoder(nn.Module):
         loadings = self.latent_activation(z) * row_scale
         return self.decode(loadings, channel_scale), loadings, mu, logvar
 
+    def rate_parts(self, x: torch.Tensor, row_scale: torch.Tensor,
+                   channel_scale: torch.Tensor, sample: bool = False):
+        """:meth:`rates` of a nonlinear non-negative decoder as its two factors, ``(linear,
+        h, mu, logvar)`` with rates ``linear * exp(clamp(h, -10, 10))``, for a loss that
+        fuses the product (:func:`~hyperspy_mlspec.engine.losses.poisson_deviance_exp`)."""
+        mu, logvar = self.encode_counts(x, row_scale, channel_scale)
+        z = mu
+        if sample and logvar is not None:
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        code = self.latent_activation(z) * row_scale
+        linear = code @ (self.out.weight * channel_scale[:, None]).T
+        scale = code.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return linear, self.hidden_decoder(code / scale), mu, logvar
+
     def decode(self, code: torch.Tensor,
                channel_scale: torch.Tensor | None = None) -> torch.Tensor:
         """Map (activated) latent codes to normalised spectra (times ``channel_scale`` when
