@@ -176,7 +176,14 @@ class SpectralAutoencoder(nn.Module):
         """
         a = 1.0 / (channel_scale * self.input_scale)
         b = -self.input_shift / self.input_scale
-        h = self.encoder(torch.addcmul(b, x * (1.0 / row_scale), a))
+        first = self.encoder.net[0] if isinstance(self.encoder, DenseEncoder) else None
+        if first is not None and not torch.is_grad_enabled():
+            # inference: the scales folded into the first layer's weights, the row scale
+            # applied to its (n, h1) output: one pass over the (n, C) input, the matmul's
+            h = torch.mm(x, (first.weight * a).T).div_(row_scale)
+            h = self.encoder.net[1:](h.add_(first.bias + first.weight @ b))
+        else:
+            h = self.encoder(torch.addcmul(b, x * (1.0 / row_scale), a))
         return self.mu(h), (self.logvar(h) if self.logvar is not None else None)
 
     def rates(self, x: torch.Tensor, row_scale: torch.Tensor, channel_scale: torch.Tensor,
