@@ -13,7 +13,8 @@ Precision: each chunk is accumulated in ``dtype`` (float32 by default: ``ssyrk``
 as fast as ``dsyrk``, and it is the dominant cost of the monitor at 2048 channels) into
 sums that are merged in float64 when handed over; the shift (the mean of the first chunk)
 keeps the values small, so a float32 chunk of at most a few hundred rows loses nothing
-that matters for the top components (|cosine| with exact PCA above 1 - 1e-6 in the tests).
+that matters for the top components (they agree with exact PCA to about 1e-5 in the
+tests).
 ``dtype=np.float64`` accumulates everything in float64.
 
 With Poisson (Keenan-Kotula) weighting (``"poisson"``) spectra are divided by the square
@@ -55,7 +56,7 @@ def top_eigenpairs(cov: np.ndarray, k: int,
     From ``_LANCZOS_MIN_CHANNELS`` channels on: implicitly restarted Lanczos (ARPACK,
     ``scipy.sparse.linalg.eigsh``) started from the previous basis ``start``, which needs
     only matrix-vector products, ``O(C^2)`` each: measured 10x faster than a full
-    ``np.linalg.eigh`` at 2048 channels, with the same eigenvectors (|cosine| 1 to 6
+    ``np.linalg.eigh`` at 2048 channels, with the same eigenvectors (absolute cosine 1 to 6
     digits, also within clusters of nearly equal noise eigenvalues, where a plain subspace
     iteration stalls). Else, or if Lanczos does not converge, ``np.linalg.eigh``. Both
     leave the GIL free for most of the time (the products run in BLAS), so the stream
