@@ -277,8 +277,11 @@ def _table_scores(model, table: SpectraTable, metric: str,
 def _default_epochs(n_rows: int) -> int:
     """About 1000 optimiser steps (10-100 epochs): enough to model the common phases and
     nuisances, too few to memorise rare spectra (measured in benchmarks/bench_anomaly.py)."""
-    batch = int(np.clip(n_rows // 8, 8, 256))
-    steps = max(1, math.ceil(0.9 * n_rows / batch))
+    from hyperspy_mlspec.engine.budget import auto_batch_size
+
+    n_train = max(1, int(0.9 * n_rows))
+    batch = auto_batch_size(n_train)  # the estimator's rule: steps counted as it trains
+    steps = max(1, math.ceil(n_train / batch))
     return int(np.clip(math.ceil(1000 / steps), 10, 100))
 
 

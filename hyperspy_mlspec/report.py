@@ -327,7 +327,7 @@ def _summary_lines(context: dict, results: list[MethodResult]) -> list[str]:
     cfg = context["config"]
     best = min(results, key=lambda r: r.poisson_error)
     pca = results[-1]
-    epochs = ("`epochs=\"auto\"` (about 3000 optimiser steps at most)"
+    epochs = ("`epochs=\"auto\"` (at most 600 optimiser steps, or one pass over a larger map)"
               if cfg["epochs"] == "auto" else f"at most {cfg['epochs']} epochs")
     versus = (f"PCA {pca.poisson_error:.4g}; " if best is not pca else "")
     threads = context["threads"]

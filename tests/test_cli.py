@@ -269,7 +269,8 @@ def test_demo_quick_writes_a_complete_report(tmp_path, capsys):
         assert v["MSE / PCA"] == pytest.approx(v["MSE (counts²)"] / pca["MSE (counts²)"],
                                                rel=2e-3)
     assert values["PCA (HyperSpy)"]["MSE / PCA"] == 1.0
-    assert values["AE (linear decoder)"]["Epochs"] == 30  # quick: 30 epochs at most
+    # quick: 30 epochs at most (early stopping on the held-out split may end sooner)
+    assert 5 <= values["AE (linear decoder)"]["Epochs"] <= 30
     # the noisy data's error in units of the Poisson variance is ~1 by construction
     assert values["Noisy data (no model)"]["Poisson-normalised error"] == pytest.approx(1.0,
                                                                                       abs=0.1)

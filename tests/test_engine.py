@@ -181,3 +181,225 @@ def test_log_progress_writes_few_lines_when_not_a_terminal(capsys):
     assert len(lines) == 1 and lines[0].startswith("Training: 1000/1000 epoch in")
     assert lines[0].endswith("loss=0.5")
     assert isinstance(prog.progress(10, "x", False), prog._NoBar)
+
+
+# -- speed: fused loss, budget, batches, threads, optimiser (issue 14) -----------------------
+def test_fused_poisson_deviance_equals_reference_value_and_gradient():
+    from hyperspy_mlspec.engine.losses import poisson_deviance_elements
+
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.poisson(torch.rand(64, 40, generator=gen) * 6)
+    counts[:3] = 0  # empty spectra: 0 log 0 = 0
+    rate = (torch.rand(64, 40, generator=gen) * 5 + 1e-3).requires_grad_()
+    with torch.no_grad():
+        rate[0, :4] = 1e-12  # below the floor: no gradient there
+    fused = poisson_deviance(rate, counts)
+    fused.backward()
+    grad_fused = rate.grad.clone()
+    rate.grad = None
+    ref = poisson_deviance_elements(rate, counts).mean()
+    ref.backward()
+    torch.testing.assert_close(fused, ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad_fused, rate.grad, rtol=1e-5, atol=1e-9)
+    assert float(grad_fused[0, :4].abs().max()) == 0.0
+    # against the float64 textbook expression
+    x, mu = counts.double(), rate.detach().double().clamp_min(1e-8)
+    exact = 2 * (torch.xlogy(x, x / mu) - x + mu).mean()
+    assert abs(float(fused) - float(exact)) < 1e-5 * float(exact)
+    # bf16 rates (autocast) are computed in float32
+    assert poisson_deviance(rate.detach().bfloat16(), counts).dtype == torch.float32
+
+
+def test_batch_size_rule_follows_the_data_and_the_machine():
+    from hyperspy_mlspec.engine.budget import auto_batch_size
+
+    sizes = [auto_batch_size(n) for n in (100, 2000, 4096, 16384, 10**6)]
+    assert sizes == [16, 128, 256, 1024, 1024]
+    assert auto_batch_size(10) == 10  # never more than the rows
+    assert auto_batch_size(10**6, "cuda") == 8192  # a GPU gets larger batches
+
+
+def test_budget_in_spectra_scales_with_the_data():
+    from hyperspy_mlspec.engine.budget import auto_batch_size, auto_budget
+
+    ns = [500, 2000, 16384, 200_000, 2_000_000]
+    budgets = [auto_budget(n, auto_batch_size(n)) for n in ns]
+    samples = [b.max_samples for b in budgets]
+    passes = [b.max_samples / n for n, b in zip(ns, budgets, strict=True)]
+    assert samples == sorted(samples) and samples[-1] > 50 * samples[0]  # grows with n
+    assert passes == sorted(passes, reverse=True)  # ... but fewer passes on large maps
+    assert passes[-1] == 1.0  # at least one pass over every spectrum
+    assert samples[0] == 300 * 32  # small maps: 300 steps of n/16 rows
+    # rounds: one per epoch, or 2**17 spectra on large maps
+    assert budgets[0].eval_every is None and budgets[-1].eval_every == 2**17
+
+
+def test_validation_split_is_capped():
+    from hyperspy_mlspec.engine.budget import validation_fraction
+
+    assert validation_fraction(60, 0.1) == 0.0  # fewer than 8 rows: none
+    assert validation_fraction(2000, 0.1) == 0.1
+    assert validation_fraction(10**6, 0.1) * 10**6 == pytest.approx(4096)
+
+
+def test_max_samples_and_rounds():
+    X = np.random.default_rng(0).normal(size=(1000, 4)).astype(np.float32)
+    lin = torch.nn.Linear(4, 4)
+    res = train(lin, lambda b, t: ((lin(b) - b) ** 2).mean(), ArraySource(X), epochs=100,
+                batch_size=50, max_samples=1500, eval_every=400, patience=None,
+                show_progressbar=False)
+    assert res.n_samples_seen == 1500  # the budget, not 100 epochs
+    assert len(res.history) == 4  # rounds of 400 rows (8 steps), the last one shorter
+    assert [r["samples"] for r in res.history] == [400, 800, 1200, 1500]
+    assert res.history[-1]["passes"] == pytest.approx(1.5)
+
+
+def test_early_stopping_on_the_held_out_split_keeps_the_best_round():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 8)).astype(np.float32)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 8))
+    # a held-out split of pure noise targets: the validation loss soon stops improving
+    res = train(net, lambda b, t: ((net(b) - b.flip(0)) ** 2).mean(),
+                ArraySource(X, validation_fraction=0.25, seed=1), epochs=300, batch_size=20,
+                learning_rate=1e-2, patience=3, show_progressbar=False)
+    assert res.stopped_early and len(res.history) < 300
+    vals = [r["val_loss"] for r in res.history]
+    assert res.best_epoch == int(np.argmin(vals)) and res.best_epoch < len(vals) - 1
+    assert len(res.history) - 1 - res.best_epoch == 3  # stopped after `patience` rounds
+
+
+def test_in_memory_rows_share_float32_input_and_match_the_streamed_split():
+    X = np.arange(600 * 3, dtype=np.float32).reshape(600, 3)
+    src = ArraySource(X, validation_fraction=0.2, seed=4)
+    rows = src.in_memory()
+    assert rows.data.data_ptr() == X.ctypes.data  # no copy of float32 data
+    for split in ("train", "val"):
+        streamed = np.sort(np.concatenate(list(src.batches(64, split=split)))[:, 0])
+        gathered = np.sort(torch.cat(list(rows.batches(64, split))).numpy()[:, 0])
+        np.testing.assert_array_equal(streamed, gathered)
+    assert rows.count("val") == src.count("val")
+    # float64 input: converted once; the check runs on every row
+    seen = []
+    src64 = ArraySource(X.astype(np.float64))
+    src64.check = lambda block: seen.append(len(block))
+    assert src64.in_memory().data.dtype == torch.float32 and sum(seen) == 600
+
+
+def test_engine_adam_equals_torch_adam_and_imports_no_dynamo():
+    import subprocess
+    import sys
+
+    from hyperspy_mlspec.engine.optim import Adam
+
+    def run(make, fused):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.SiLU(), torch.nn.Linear(7, 5))
+        opt = make(net.parameters())
+        if not fused:
+            opt._fused = False  # the foreach fallback
+        x = torch.randn(32, 5, generator=torch.Generator().manual_seed(1))
+        for _ in range(20):
+            opt.zero_grad()
+            ((net(x) - x) ** 2).mean().backward()
+            opt.step()
+        return [p.detach().clone() for p in net.parameters()], opt
+
+    ref, _ = run(lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-3), True)
+    for fused in (True, False):
+        got, opt = run(lambda p: Adam(p, lr=1e-2, weight_decay=1e-3), fused)
+        for a, b in zip(got, ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # its state loads into torch's Adam and back
+    t = torch.optim.Adam(torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.SiLU(),
+                                             torch.nn.Linear(7, 5)).parameters())
+    t.load_state_dict(opt.state_dict())
+    assert t.param_groups[0]["lr"] == 1e-2
+    code = ("import sys, numpy as np; from hyperspy_mlspec.estimators import "
+            "AutoencoderDecomposition as A; A(2, epochs=1, show_progressbar=False)"
+            ".fit(np.random.default_rng(0).poisson(5, (64, 16)).astype(float)); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_small_steps_train_on_one_thread_and_threads_are_restored():
+    from hyperspy_mlspec.engine.budget import training_threads
+
+    tiny = torch.nn.Sequential(torch.nn.Linear(160, 64), torch.nn.Linear(64, 160))
+    assert training_threads(tiny, 128) == 1
+    assert training_threads(torch.nn.Linear(1024, 1024), 1024) is None
+    seen = []
+    before = torch.get_num_threads()
+    X = np.ones((64, 160), np.float32)
+
+    def step(b, t):
+        seen.append(torch.get_num_threads())
+        return ((tiny(b) - b) ** 2).mean()
+
+    train(tiny, step, ArraySource(X), epochs=1, batch_size=32, num_threads=1,
+          show_progressbar=False)
+    assert set(seen) == {1} and torch.get_num_threads() == before
+
+
+def test_mixed_precision_path_runs_on_the_cpu():
+    from hyperspy_mlspec.engine.trainer import resolve_amp
+
+    assert resolve_amp("auto", torch.device("cpu")) is None  # never bf16 on a CPU by default
+    assert resolve_amp(True, torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="amp must be"):
+        resolve_amp("fp8", torch.device("cpu"))
+    X = np.random.default_rng(0).poisson(5, (256, 16)).astype(np.float32)
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 16)
+    dtypes = []
+
+    def step(b, t):
+        out = lin(b)
+        dtypes.append(out.dtype)
+        return poisson_deviance(torch.nn.functional.softplus(out), b)
+
+    res = train(lin, step, ArraySource(X), epochs=3, batch_size=64, amp="bf16",
+                show_progressbar=False)
+    assert torch.bfloat16 in dtypes and lin.weight.dtype == torch.float32
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+
+
+def test_compile_only_pays_on_long_cpu_runs():
+    from hyperspy_mlspec.engine.budget import COMPILE_MIN_STEPS, compile_pays
+
+    big = torch.nn.Sequential(torch.nn.Linear(1024, 128), torch.nn.Linear(128, 1024))
+    assert not compile_pays(600, big, 1024)  # the default budgets: start-up not repaid
+    assert not compile_pays(10 * COMPILE_MIN_STEPS, torch.nn.Linear(160, 64), 128)  # tiny
+    assert not compile_pays(10 * COMPILE_MIN_STEPS, big, 1024, "cuda")  # not on a GPU
+    import shutil
+
+    has_cxx = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+    assert compile_pays(10 * COMPILE_MIN_STEPS, big, 1024) == has_cxx
+
+
+@pytest.mark.parametrize("extreme", [False, True])
+def test_fused_exp_link_deviance_equals_the_separate_nodes(extreme):
+    from hyperspy_mlspec.engine.losses import poisson_deviance_elements, poisson_deviance_exp
+
+    gen = torch.Generator().manual_seed(1)
+    counts = torch.poisson(torch.rand(32, 24, generator=gen) * 8)
+    linear = (torch.rand(32, 24, generator=gen) * 4 + 0.1).requires_grad_()
+    h = (torch.randn(32, 24, generator=gen) * 0.5).requires_grad_()
+    if extreme:  # clamped corrections and rates under the floor get no gradient
+        with torch.no_grad():
+            h[0, :3] = torch.tensor([12.0, -11.0, 10.5])
+            linear[1, :2] = 1e-12
+    fused = poisson_deviance_exp(linear, h, counts)
+    fused.backward()
+    g_lin, g_h = linear.grad.clone(), h.grad.clone()
+    linear.grad = h.grad = None
+    ref = poisson_deviance_elements(linear * torch.exp(h.clamp(-10, 10)), counts).mean()
+    ref.backward()
+    torch.testing.assert_close(fused, ref, rtol=1e-6, atol=1e-7)
+    # gradients are ~2/N = 3e-3; where x ~ mu they cancel to rounding
+    torch.testing.assert_close(g_lin, linear.grad, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(g_h, h.grad, rtol=1e-5, atol=1e-8)
+    if extreme:
+        assert float(g_h[0, :3].abs().max()) == 0.0 and float(g_lin[1, :2].abs().max()) == 0

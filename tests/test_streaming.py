@@ -39,17 +39,21 @@ def _match_up_to_sign(a, b, atol):
 
 
 # -- streaming PCA vs batch PCA --------------------------------------------------------------
-def test_streaming_pca_matches_batch_pca(mix):
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_streaming_pca_matches_batch_pca(mix, dtype):
     X = mix.data.reshape(-1, 96).astype(np.float64)
+    # float64 chunks: exact PCA to rounding; float32 chunks (the default, twice as fast):
+    # the sums are merged in float64, the components agree to ~1e-5
+    atol, rtol = (1e-6, 1e-6) if dtype == "float64" else (2e-5, 2e-5)
     with StreamingMonitor(mix, n_components=3, pca_weighting="none", refresh_every=40,
-                          pca_chunk=16) as mon:
+                          pca_chunk=16, pca_dtype=dtype) as mon:
         _feed(mon, mix, rows_per_step=1)
         mon.refresh()
         assert mon.n_refreshes_ >= 2  # periodic refreshes happened along the stream
         ref = PCA(3).fit(X)
-        _match_up_to_sign(mon.pca_components_, ref.components_, atol=1e-6)
+        _match_up_to_sign(mon.pca_components_, ref.components_, atol=atol)
         np.testing.assert_allclose(mon.pca_explained_variance_, ref.explained_variance_,
-                                   rtol=1e-6)
+                                   rtol=rtol)
         np.testing.assert_allclose(mon.pca_mean_, ref.mean_, rtol=1e-5)
         # a row fed again now is scored with the final basis: its loadings are PCA scores
         mon.push_row(11, mix.data[11])
@@ -60,7 +64,8 @@ def test_streaming_pca_matches_batch_pca(mix):
 
 
 def test_lanczos_refresh_matches_eigh():
-    from hyperspy_mlspec.streaming import _LANCZOS_MIN_CHANNELS, _top_eigenpairs
+    from hyperspy_mlspec.streaming.pca import _LANCZOS_MIN_CHANNELS
+    from hyperspy_mlspec.streaming.pca import top_eigenpairs as _top_eigenpairs
 
     rng = np.random.default_rng(0)
     n = _LANCZOS_MIN_CHANNELS + 16
@@ -155,7 +160,7 @@ def test_partial_out_of_order_acquisition_leaves_nan(mix, model):
 
 # -- bad input: clear errors, state intact ------------------------------------------------------
 def _snapshot(mon):
-    return (mon.n_seen_, mon._chunk_rows, mon._since_refresh, mon.pca_basis_version_,
+    return (mon.n_seen_, mon._pca.pending, mon._since_refresh, mon.pca_basis_version_,
             [m.data.copy() for m in mon._maps()])
 
 
@@ -201,7 +206,8 @@ def test_bad_construction(mix, model):
 
 # -- background refresh -----------------------------------------------------------------------
 def test_background_refresh_does_not_block_update(mix):
-    with StreamingMonitor(mix, n_components=2, refresh_every=20, pca_chunk=10) as mon:
+    with StreamingMonitor(mix, n_components=2, refresh_every=20, pca_chunk=10,
+                          refresh_pause=0) as mon:
         started, release = threading.Event(), threading.Event()
         job = mon._refresh_job
 
@@ -227,6 +233,20 @@ def test_background_refresh_does_not_block_update(mix):
         mon.wait()
         assert mon.pca_basis_version_ >= 2 and mon.n_refreshes_ >= 2
         assert not np.allclose(mon.pca_components_, first)
+
+
+def test_background_refreshes_are_paced_by_their_cost(mix):
+    # a refresh waits `refresh_pause` times the previous one's duration: with a huge
+    # pause only the first periodic refresh runs, the sums keep every spectrum
+    with StreamingMonitor(mix, n_components=2, refresh_every=20, pca_chunk=10,
+                          refresh_pause=1e6) as mon:
+        _feed(mon, mix, rows_per_step=2)
+        mon.wait()
+        assert mon.n_refreshes_ == 1
+        mon.refresh()  # an explicit refresh is never held back
+        assert mon.n_refreshes_ == 2 and mon._basis.n_samples == 120
+    with pytest.raises(ValueError, match="refresh_pause"):
+        StreamingMonitor(mix, n_components=2, refresh_pause=-1)
 
 
 def test_fine_tune_trains_a_copy(mix, model):

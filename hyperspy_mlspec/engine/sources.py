@@ -7,16 +7,24 @@ and buffer sizes, never by the size of the data set.
 
 The train/validation split is a deterministic hash of the global row index, so it is the same
 for both kinds of source, needs no stored index, and is stable across epochs and processes.
+
+In-memory sources can also hand the training loop :class:`InMemoryRows`: the rows converted
+to one float32 tensor once per fit (no copy at all for float32 input), with the split as
+index tensors, so an epoch costs one permutation and one gather per minibatch instead of
+the block conversions, concatenations and shuffled copies of the streamed path.
 """
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 
 Split = Literal["train", "val", "all"]
 RowCheck = Callable[[np.ndarray], None]
@@ -49,6 +57,62 @@ def validation_rows(index: np.ndarray, fraction: float, seed: int) -> np.ndarray
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
     return (z >> np.uint64(11)).astype(np.float64) / 2.0**53 < fraction
+
+
+#: in-memory rows are converted to one float32 tensor up to this size (larger: streamed)
+IN_MEMORY_BYTES = 2 * 2**30
+
+
+@dataclass
+class InMemoryRows:
+    """Rows of a source as one float32 tensor with the train/validation split as indices.
+
+    Attributes
+    ----------
+    data
+        ``(n_rows, n_features)`` float32 tensor (shares memory with a float32 input).
+    train_index, val_index
+        int64 row indices of the two splits (on the device of ``data``).
+    """
+
+    data: torch.Tensor
+    train_index: torch.Tensor
+    val_index: torch.Tensor
+
+    def count(self, split: Split) -> int:
+        """Rows in a split."""
+        if split == "all":
+            return int(self.data.shape[0])
+        return int((self.train_index if split == "train" else self.val_index).numel())
+
+    def to(self, device: torch.device) -> InMemoryRows:
+        """The same rows on ``device`` (a no-op on the device they are on)."""
+        if self.data.device == torch.device(device):
+            return self
+        return InMemoryRows(self.data.to(device), self.train_index.to(device),
+                            self.val_index.to(device))
+
+    def batches(self, batch_size: int, split: Split = "train",
+                rng: np.random.Generator | None = None,
+                drop_last: bool = False) -> Iterator[torch.Tensor]:
+        """Minibatches of one split (shuffled with ``rng``): one gather per batch.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> rows = ArraySource(np.ones((10, 4)), validation_fraction=0.2).in_memory()
+        >>> [b.shape[0] for b in rows.batches(4, "train")]
+        [4, 4]
+        """
+        index = (torch.arange(self.data.shape[0], device=self.data.device) if split == "all"
+                 else self.train_index if split == "train" else self.val_index)
+        if rng is not None and index.numel() > 1:
+            perm = torch.from_numpy(rng.permutation(index.numel())).to(index.device)
+            index = index[perm]
+        n = int(index.numel())
+        stop = (n // batch_size) * batch_size if drop_last and n > batch_size else n
+        for i in range(0, stop, batch_size):
+            yield self.data.index_select(0, index[i:i + batch_size])
 
 
 class RowSource(ABC):
@@ -147,6 +211,11 @@ class RowSource(ABC):
                     break
                 yield batch
 
+    def in_memory(self, max_bytes: int = IN_MEMORY_BYTES) -> InMemoryRows | None:
+        """The rows as one float32 tensor (see :class:`InMemoryRows`), or None for sources
+        that stream (lazy data are never loaded whole) or that exceed ``max_bytes``."""
+        return None
+
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Return up to ``n`` rows drawn from random blocks (for statistics)."""
         out: list[np.ndarray] = []
@@ -200,6 +269,24 @@ class ArraySource(RowSource):
             if self.check is not None:
                 self.check(block)
             yield start, block
+
+    def in_memory(self, max_bytes: int = IN_MEMORY_BYTES) -> InMemoryRows | None:
+        X = self.X
+        if not isinstance(X, np.ndarray):
+            return None
+        shares = X.dtype == np.float32 and X.flags.c_contiguous
+        if not shares and self.n_rows * self.n_features * 4 > max_bytes:
+            return None
+        data = X if shares else np.ascontiguousarray(X, dtype=np.float32)
+        if self.check is not None:  # the per-block checks, once per fit
+            for start in range(0, self.n_rows, self.block_rows):
+                self.check(data[start:start + self.block_rows])
+        is_val = validation_rows(np.arange(self.n_rows), self.validation_fraction, self.seed)
+        with warnings.catch_warnings():  # read-only input: the loop only reads the rows
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.from_numpy(data)
+        return InMemoryRows(tensor, torch.from_numpy(np.flatnonzero(~is_val)),
+                            torch.from_numpy(np.flatnonzero(is_val)))
 
 
 class DaskSource(RowSource):

@@ -10,7 +10,6 @@ ends with an underscore.
 from __future__ import annotations
 
 import functools
-import math
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -21,12 +20,22 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from hyperspy_mlspec.engine import Normalizer, as_source, resolve_device, train
+from hyperspy_mlspec.engine.budget import (
+    DEFAULT_STEPS,
+    auto_batch_size,
+    auto_budget,
+    compile_pays,
+    round_rows,
+    training_threads,
+    validation_fraction,
+)
 from hyperspy_mlspec.engine.distributed import Group
 from hyperspy_mlspec.engine.losses import LOSSES
 from hyperspy_mlspec.engine.normalization import KINDS
 from hyperspy_mlspec.engine.sources import DaskSource, RowSource
+from hyperspy_mlspec.engine.trainer import make_optimizer
 
-_STAT_ROWS = 20_000  # rows sampled for data statistics (normalisation, variances)
+_STAT_ROWS = 8192  # rows sampled for data statistics (normalisation, standardisation)
 _STAT_VALUES = 2**24  # ... but at most 64 MiB of float32: initialisation makes a few copies
 
 
@@ -43,8 +52,9 @@ def is_dask(X: Any) -> bool:
 
 def looks_like_counts(sample: np.ndarray) -> bool:
     """True when values are non-negative and integer-valued (detector counts)."""
-    return bool(sample.size and sample.min() >= 0 and
-                np.allclose(sample, np.round(sample), atol=1e-3) and sample.max() > 0)
+    if not sample.size or sample.min() < 0 or not sample.max() > 0:
+        return False
+    return bool(np.abs(sample - np.rint(sample)).max() <= 1e-3)
 
 
 class SpectralEstimator(BaseEstimator):
@@ -117,14 +127,18 @@ class SpectralEstimator(BaseEstimator):
         poisson = getattr(self, "loss_", self.loss) == "poisson"
 
         def check(block: np.ndarray) -> None:
-            if not np.isfinite(block).all():
+            if not block.size:
+                return
+            # min and max propagate NaN and reach +-inf: two read passes, no mask array
+            lo, hi = block.min(), block.max()
+            if not (np.isfinite(lo) and np.isfinite(hi)):
                 raise ValueError(
                     "Input contains NaN or infinity. Remove or mask those spectra "
                     "(navigation_mask) or replace the values (e.g. np.nan_to_num) first.")
-            if poisson and block.size and block.min() < 0:
+            if poisson and lo < 0:
                 raise ValueError(
                     f"loss='poisson' needs non-negative counts, but the data contain negative "
-                    f"values (minimum {block.min():.4g}). Use loss='mse', or remove the "
+                    f"values (minimum {lo:.4g}). Use loss='mse', or remove the "
                     "offset that made counts negative.")
         return check
 
@@ -148,16 +162,33 @@ class SpectralEstimator(BaseEstimator):
         self.normalizer_ = Normalizer(norm).fit(sample)
         self.nonnegative_ = nonneg or self.loss_ == "poisson"
 
+    # the training budget of epochs="auto" (see hyperspy_mlspec.engine.budget): optimiser
+    # steps, least and most passes over the data, and the learning-rate schedule
+    _budget_steps = DEFAULT_STEPS
+    _budget_passes = (1, 1000)
+    _schedule = "cosine"
+    _min_delta = 1e-4
+
     def _batch_size(self, n_rows: int) -> int:
         if self.batch_size == "auto":
-            return int(np.clip(n_rows // 8, 8, 256))
+            return auto_batch_size(n_rows, getattr(self, "device_", "cpu"))
         return int(self.batch_size)
 
     def _epochs(self, n_rows: int, batch_size: int) -> int:
+        return self._plan(n_rows, batch_size)["epochs"]
+
+    def _plan(self, n_train: int, batch_size: int) -> dict:
+        """Keyword arguments of :func:`~hyperspy_mlspec.engine.train` for a fit: the
+        budget in spectra for ``epochs="auto"``, else exactly ``epochs`` passes."""
+        plan = {"eval_every": round_rows(n_train), "schedule": self._schedule,
+                "min_delta": self._min_delta}
         if self.epochs == "auto":
-            steps_per_epoch = max(1, math.ceil(n_rows / batch_size))
-            return int(np.clip(math.ceil(3000 / steps_per_epoch), 15, 300))
-        return int(self.epochs)
+            low, high = self._budget_passes
+            budget = auto_budget(n_train, batch_size, steps=self._budget_steps,
+                                 max_passes=high)
+            samples = min(max(budget.max_samples, low * n_train), high * n_train)
+            return {**plan, "epochs": budget.epochs, "max_samples": samples}
+        return {**plan, "epochs": int(self.epochs), "max_samples": None}
 
     def _seed(self) -> int:
         # under torchrun every process must use the same seed: rank 0's (same data sample,
@@ -198,7 +229,7 @@ class SpectralEstimator(BaseEstimator):
         self.signal_axis_ = None
 
     def _train(self, source: RowSource, epochs: int, batch_size: int, seed: int,
-               patience: int | None) -> None:
+               patience: int | None, **options: Any) -> None:
         source.check = self._block_check()
         norm = getattr(self, "normalizer_", None)
         group = Group.current()
@@ -209,13 +240,18 @@ class SpectralEstimator(BaseEstimator):
             group.broadcast([scale, floor])
             norm.channel_scale, norm.row_floor = scale.numpy(), float(floor[0])
         if self._optimizer is None:
-            self._optimizer = torch.optim.Adam(self.module_.parameters(), lr=self.learning_rate,
-                                               weight_decay=self.weight_decay)
+            self._optimizer = make_optimizer(self.module_.parameters(), self.learning_rate,
+                                             self.weight_decay)
+        options.setdefault("num_threads", training_threads(self.module_, batch_size))
+        planned = options.get("max_samples") or epochs * max(1, source.count("train"))
+        options.setdefault("compile", compile_pays(int(planned) // max(1, batch_size),
+                                                   self.module_, batch_size, self.device_))
+        options.update(getattr(self, "_train_options", {}))  # benchmarks' experiments
         result = train(self.module_, self._step_loss(), source, epochs=epochs,
                        batch_size=batch_size, patience=patience, device=self.device_,
                        seed=seed, optimizer=self._optimizer,
                        show_progressbar=self.show_progressbar, desc=type(self).__name__,
-                       on_epoch_end=self._epoch_end_callback())
+                       on_epoch_end=self._epoch_end_callback(), **options)
         offset = self.n_epochs_
         for row in result.history:
             row["epoch"] += offset
@@ -242,17 +278,18 @@ class SpectralEstimator(BaseEstimator):
         source = self._source(X, reset=True)
         seed = self._seed()
         self._initialise(source, seed)
-        batch_size = self._batch_size(source.n_rows)
-        if self.batch_size != "auto" and batch_size > source.n_rows:
+        if self.batch_size != "auto" and int(self.batch_size) > source.n_rows:
             raise ValueError(
-                f"batch_size={batch_size} is larger than the number of spectra "
+                f"batch_size={self.batch_size} is larger than the number of spectra "
                 f"({source.n_rows}): use a smaller batch_size or batch_size='auto'.")
-        fraction = self.validation_fraction if source.n_rows * self.validation_fraction >= 8 \
-            else 0.0
+        # a held-out split of at most a few thousand rows: early stopping costs a few
+        # per cent of a round, and large maps keep almost all rows for training
+        fraction = validation_fraction(source.n_rows, self.validation_fraction)
         source.validation_fraction, source.seed = fraction, seed
         n_train = source.count("train")
-        self._train(source, self._epochs(n_train, batch_size), batch_size, seed,
-                    self.patience if fraction > 0 or self.patience is None else self.patience)
+        batch_size = min(self._batch_size(n_train), max(1, n_train))
+        plan = self._plan(n_train, batch_size)
+        self._train(source, plan.pop("epochs"), batch_size, seed, self.patience, **plan)
         source.validation_fraction = 0.0
         self._after_fit(source)
         return self
@@ -273,7 +310,9 @@ class SpectralEstimator(BaseEstimator):
         if first:
             self._initialise(source, seed)
         batch_size = min(self._batch_size(source.n_rows), source.n_rows)
-        self._train(source, int(self.partial_fit_epochs), batch_size, seed, patience=None)
+        # a constant learning rate: blocks of a stream continue one run
+        self._train(source, int(self.partial_fit_epochs), batch_size, seed, patience=None,
+                    schedule="plateau")
         self._after_fit(source)
         return self
 
@@ -304,16 +343,22 @@ class SpectralEstimator(BaseEstimator):
         method = getattr(self, name)
         return self._apply_numpy(X, functools.partial(method, **kwargs) if kwargs else method)
 
-    def _apply_numpy(self, X: np.ndarray, fn, batch: int = 4096) -> np.ndarray:
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(X), batch):
+    def _apply_numpy(self, X: np.ndarray, fn, batch: int = 2048) -> np.ndarray:
+        """``fn`` over batches of rows, written into one preallocated float32 output
+        (no list of pieces and concatenation: one copy less of the result)."""
+        n = len(X)
+        out = None
+        with torch.inference_mode():
+            for i in range(0, n, batch):
                 x = torch.as_tensor(np.asarray(X[i:i + batch], dtype=np.float32),
                                     device=self.device_)
-                out.append(fn(x).cpu().numpy())
-        if not out:
+                y = fn(x)
+                if out is None:
+                    out = np.empty((n,) + tuple(y.shape[1:]), dtype=np.float32)
+                out[i:i + len(y)] = y.cpu().numpy()
+        if out is None:
             return np.empty((0, 0), dtype=np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
+        return out
 
     def _validate_transform_input(self, X: Any) -> Any:
         check_is_fitted(self, "module_")
@@ -322,7 +367,9 @@ class SpectralEstimator(BaseEstimator):
                 raise ValueError(f"Expected a 2-D array, got shape {X.shape}.")
             self._check_n_features(int(X.shape[1]))
             return X
-        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+        # finiteness is part of the block check (one pass less than sklearn's and ours)
+        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64],
+                          ensure_all_finite=False)
         self._block_check()(np.asarray(X))
         return X
 

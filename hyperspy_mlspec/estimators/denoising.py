@@ -49,6 +49,7 @@ from hyperspy_mlspec.engine.losses import (
     poisson_deviance,
     poisson_deviance_elements,
 )
+from hyperspy_mlspec.engine.sampling import binomial_half
 from hyperspy_mlspec.estimators.base import SpectralEstimator, is_dask, looks_like_counts
 from hyperspy_mlspec.models.denoiser import ConvDenoiser, DenseDenoiser, default_hidden_sizes
 from hyperspy_mlspec.persistence import register_model
@@ -346,6 +347,12 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
         return {"n_latent": int(k), "hidden": [int(h) for h in hidden],
                 "n_filters": int(self.n_filters)}
 
+    # the per-pixel DAE keeps its budget (about 3000 steps, 15-300 epochs, plateau decay):
+    # self-supervised targets are noisy (see hyperspy_mlspec.engine.budget)
+    _budget_steps = 3000
+    _budget_passes = (15, 300)
+    _schedule = "plateau"
+
     def _batch_size(self, n_rows: int) -> int:
         # many small steps: self-supervised targets are noisy and the plateau schedule of
         # the engine counts epochs, so small maps need more than a handful of steps per epoch
@@ -417,7 +424,8 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
 
         def split_step(x: torch.Tensor, training: bool) -> torch.Tensor:
             x = x.round()
-            a = torch.binomial(x, torch.full_like(x, 0.5), generator=generator(training))
+            # exact Binomial(x, 1/2), 4-5x faster than torch.binomial on a CPU (engine.sampling)
+            a = binomial_half(x, generator=generator(training))
             full = self._predict(a, total=x.sum(1, keepdim=True))
             return poisson_deviance(0.5 * full, x - a)
 

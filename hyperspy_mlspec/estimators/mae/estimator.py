@@ -250,6 +250,12 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
             return module(x)[0]
         return step
 
+    def _batch_size(self, n_rows: int) -> int:
+        # the MAE keeps its own rule (the engine's default grows batches to 1024)
+        if self.batch_size == "auto":
+            return int(np.clip(n_rows // 8, 8, 256))
+        return int(self.batch_size)
+
     def _epochs(self, n_rows: int, batch_size: int) -> int:
         if self.epochs == "auto":
             steps_per_epoch = max(1, math.ceil(n_rows / batch_size))

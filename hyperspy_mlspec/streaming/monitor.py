@@ -47,13 +47,10 @@ modified.
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 import time
-import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -65,102 +62,13 @@ from hyperspy_mlspec.anomaly import (
     _reconstruct,
 )
 from hyperspy_mlspec.arrays.axis import AxisInfo, alignment
+from hyperspy_mlspec.streaming.finetune import TuningBuffer, fine_tuned
+from hyperspy_mlspec.streaming.inference import infer, threads, torch_threads
+from hyperspy_mlspec.streaming.pca import StreamingPCA
 
 __all__ = ["StreamingMonitor"]
 
 _MAX_PENDING = 65_536  # spectra kept for PCA scoring until the first basis exists
-
-
-@dataclass(frozen=True)
-class _Basis:
-    """One PCA basis, immutable: the scoring thread reads it while the next is computed."""
-
-    version: int
-    n_samples: int
-    mean: np.ndarray  # (C,) float32, in weighted units
-    components: np.ndarray  # (k, C) float32, orthonormal rows
-    components64: np.ndarray  # (k, C) float64
-    explained_variance: np.ndarray  # (k,)
-    total_variance: float
-    channel_scale: np.ndarray | None  # (C,) float32, Poisson weighting only
-
-
-_LANCZOS_MIN_CHANNELS = 384  # below, a full eigh is as cheap
-
-
-def _top_eigenpairs(cov: np.ndarray, k: int,
-                    start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` largest eigenvalues and eigenvectors (rows) of a symmetric matrix.
-
-    From ``_LANCZOS_MIN_CHANNELS`` channels on: implicitly restarted Lanczos (ARPACK,
-    ``scipy.sparse.linalg.eigsh``) started from the previous basis ``start``, which needs
-    only matrix-vector products, ``O(C^2)`` each: measured 10x faster than a full
-    ``np.linalg.eigh`` at 2048 channels, with the same eigenvectors (|cosine| 1 to 6
-    digits, also within clusters of nearly equal noise eigenvalues, where a plain subspace
-    iteration stalls). Else, or if Lanczos does not converge, ``np.linalg.eigh``. Both
-    leave the GIL free for most of the time (the products run in BLAS), so the stream
-    goes on while they run; scipy's dense ``eigh`` holds it (measured 150 ms stalls).
-    """
-    n = cov.shape[0]
-    if n >= _LANCZOS_MIN_CHANNELS and k < n - 1:
-        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
-
-        v0 = None
-        if start is not None and start.shape == (k, n):
-            v0 = start.sum(axis=0) + 1e-3 * np.random.default_rng(0).standard_normal(n)
-        try:
-            values, vectors = eigsh(cov, k=k, which="LA", v0=v0, tol=1e-8)
-            order = np.argsort(values)[::-1]
-            return values[order], vectors[:, order].T
-        except ArpackNoConvergence:
-            pass
-    values, vectors = np.linalg.eigh(cov)
-    return values[::-1][:k], vectors[:, ::-1][:, :k].T
-
-
-def _sign_align(new: np.ndarray, old: np.ndarray | None) -> np.ndarray:
-    """Flip components so each points the way of its predecessor (maps keep their sign)."""
-    if old is None:
-        # deterministic sign: the largest absolute loading is positive (as sklearn's svd_flip)
-        signs = np.sign(new[np.arange(len(new)), np.argmax(np.abs(new), axis=1)])
-    else:
-        k = min(len(new), len(old))
-        signs = np.ones(len(new))
-        signs[:k] = np.sign(np.einsum("ij,ij->i", new[:k], old[:k]))
-    signs[signs == 0] = 1.0
-    return new * signs[:, None]
-
-
-class _Accumulator:
-    """Shifted first and second moments: ``n``, ``s = sum(y - K)``, ``S = sum (y-K)(y-K)^T``
-    (upper triangle only), with a fixed shift ``K`` near the mean (numerically stable).
-
-    Sums over disjoint sets of spectra with the same shift add up, which is what lets the
-    stream hand its sums over to the refresh thread without copying them."""
-
-    def __init__(self, n_channels: int, shift: np.ndarray) -> None:
-        self.n = 0
-        self.shift = shift
-        self.s = np.zeros(n_channels)
-        self.S = np.zeros((n_channels, n_channels), order="F")
-        self.raw_sum = np.zeros(n_channels)  # channel sums of the unweighted counts
-
-    def add(self, y: np.ndarray, raw_sum: np.ndarray) -> None:
-        from scipy.linalg.blas import dsyrk
-
-        yk = y - self.shift
-        # S += yk.T @ yk, upper triangle, in place: half the FLOPs of a matmul, no temporary
-        self.S = dsyrk(1.0, np.asfortranarray(yk.T), beta=1.0, c=self.S, trans=0,
-                       overwrite_c=1)
-        self.s += yk.sum(axis=0)
-        self.n += y.shape[0]
-        self.raw_sum += raw_sum
-
-    def merge(self, other: _Accumulator) -> None:
-        self.S += other.S
-        self.s += other.s
-        self.n += other.n
-        self.raw_sum += other.raw_sum
 
 
 class StreamingMonitor:
@@ -195,13 +103,22 @@ class StreamingMonitor:
         ``"poisson"`` (Keenan-Kotula), ``"none"``, or ``"auto"``: Poisson when the model's
         loss is Poisson, else when the first spectra are counts.
     refresh_every
-        Spectra between two eigendecompositions of the PCA covariance.
+        Spectra between two eigendecompositions of the PCA covariance (at least: in the
+        background a refresh also waits ``refresh_pause`` times the duration of the
+        previous one, so refreshes never take more than a fraction of a core however
+        fast spectra arrive).
+    refresh_pause
+        See ``refresh_every`` (background refreshes only; 4: at most a fifth of a core).
     background
         Refresh the PCA basis (and fine-tune) in a background thread (True) or inside the
         :meth:`update` call that triggers it (False: deterministic, but the stream stalls).
     pca_chunk
         Spectra buffered before one rank-k covariance update (bigger chunks use BLAS
         better; single pixels are never added one by one).
+    pca_dtype
+        Precision of each chunk's update: ``"float32"`` (twice as fast; the sums are
+        merged in float64 at each refresh) or ``"float64"`` (see
+        :mod:`hyperspy_mlspec.streaming.pca`).
     batch_size
         Spectra per forward pass of the model.
     num_threads
@@ -260,14 +177,18 @@ class StreamingMonitor:
     def __init__(self, template=None, model=None, *, navigation_shape=None,
                  n_channels: int | None = None, n_components: int | None = None,
                  metric: str = "auto", smoothing: float = 0.0, pca_weighting: str = "auto",
-                 refresh_every: int = 4096, background: bool = True, pca_chunk: int = 256,
-                 batch_size: int = 2048, num_threads: int | None = None,
+                 refresh_every: int = 4096, refresh_pause: float = 4.0,
+                 background: bool = True, pca_chunk: int = 256,
+                 pca_dtype: str = "float32", batch_size: int = 2048,
+                 num_threads: int | None = None,
                  fine_tune: bool = False, fine_tune_every: int = 8192,
                  fine_tune_buffer: int = 8192, fine_tune_trim: float = 0.05,
                  redraw_interval: float = 0.2) -> None:
         self._check_params(model, n_components, metric, smoothing, pca_weighting,
                            refresh_every, pca_chunk, batch_size, num_threads, fine_tune,
                            fine_tune_every, fine_tune_buffer, fine_tune_trim)
+        if pca_dtype not in ("float32", "float64"):
+            raise ValueError(f"pca_dtype must be 'float32' or 'float64', got {pca_dtype!r}")
         template = self._template(template, navigation_shape, n_channels)
         self.template = template
         am = template.axes_manager
@@ -278,6 +199,10 @@ class StreamingMonitor:
         self.n_components = n_components
         self.smoothing = float(smoothing)
         self.refresh_every = int(refresh_every)
+        if not (math.isfinite(refresh_pause) and refresh_pause >= 0):
+            raise ValueError(f"refresh_pause must be >= 0, got {refresh_pause!r}")
+        self.refresh_pause = float(refresh_pause)
+        self._next_refresh = -math.inf  # perf_counter time before which none starts
         self.background = bool(background)
         self.pca_chunk = int(pca_chunk)
         self.batch_size = int(batch_size)
@@ -288,7 +213,6 @@ class StreamingMonitor:
         self.fine_tune_trim = float(fine_tune_trim)
         self.redraw_interval = float(redraw_interval)
         self.n_seen_ = 0
-        self.n_refreshes_ = 0
         self.n_fine_tunes_ = 0
         self.model_ = model
         title = str(template.metadata.General.title or "acquisition")
@@ -339,37 +263,29 @@ class StreamingMonitor:
             sio.record(m, "streaming_monitor", model=type(model).__name__ if model else "",
                        n_components=int(n_components or 0))
 
-        # streaming PCA state: the stream owns `_delta` and the chunk buffer; the refresh
-        # thread owns `_base`; `_basis` is swapped by reference
-        self._basis: _Basis | None = None
-        self._shift: np.ndarray | None = None
-        self._delta: _Accumulator | None = None
-        self._base: _Accumulator | None = None
-        self._chunk: list[np.ndarray] = []
-        self._chunk_rows = 0
+        # streaming PCA: the stream adds to its sums and takes them out for a refresh; the
+        # refresh thread merges them and swaps `_pca.basis` by reference
+        self._pca = (StreamingPCA(self.n_channels, n_components, self.pca_weighting_,
+                                  chunk=self.pca_chunk, dtype=np.dtype(pca_dtype))
+                     if n_components is not None else None)
         self._since_refresh = 0
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_rows = 0
         self.n_unscored_ = 0
         self._refresh_future: Future | None = None
         self._tune_future: Future | None = None
-        self._tune_rows: np.ndarray | None = None
-        self._tune_scores: np.ndarray | None = None
-        self._tune_next = 0
-        self._tune_filled = 0
-        self._since_tune = 0
+        self._tuning = TuningBuffer(self.fine_tune_buffer, self.fine_tune_every,
+                                    self.fine_tune_trim)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlspec-pca")
         self._tune_executor = (ThreadPoolExecutor(max_workers=1,
                                                   thread_name_prefix="mlspec-tune")
                                if self.fine_tune else None)
-        n_score = num_threads or _torch_threads()
+        n_score = num_threads or torch_threads()
         self._score_pool = (ThreadPoolExecutor(max_workers=n_score,
                                                thread_name_prefix="mlspec-score")
                             if n_score > 1 else None)
         self._lock = threading.Lock()  # guards swaps done from worker callbacks
         self._last_notify = -math.inf
-        self._fast = None  # (model, its _FastAutoencoder or None)
-        self.last_refresh_seconds_ = math.nan
         self._closed = False
 
     # -- construction helpers -------------------------------------------------------------
@@ -495,7 +411,7 @@ class StreamingMonitor:
         x, flat = self._validate(spectra, positions)
         if x.shape[0] == 0:
             return
-        with _threads(self.num_threads):
+        with threads(self.num_threads):
             self._collect_refresh()
             model_out = self._apply_model(x) if self.model_ is not None else None
             pca_out = self._score_pca(x) if self.n_components is not None else None
@@ -538,9 +454,8 @@ class StreamingMonitor:
         self._check_open()
         if self.n_components is None:
             return
-        with _threads(self.num_threads):
-            self._flush_chunk()
-            if self._delta is not None and self._delta.n:
+        with threads(self.num_threads):
+            if self._pca.pending:
                 self._start_refresh(force=True)
             if wait:
                 self.wait()
@@ -589,6 +504,20 @@ class StreamingMonitor:
         return f"<StreamingMonitor: {', '.join(parts)}>"
 
     # fitted PCA attributes (of the latest basis)
+    @property
+    def _basis(self):
+        return None if self._pca is None else self._pca.basis
+
+    @property
+    def n_refreshes_(self) -> int:
+        """PCA bases computed so far."""
+        return 0 if self._pca is None else self._pca.n_refreshes
+
+    @property
+    def last_refresh_seconds_(self) -> float:
+        """Duration of the latest refresh (NaN before the first)."""
+        return math.nan if self._pca is None else self._pca.last_refresh_seconds
+
     @property
     def pca_components_(self) -> np.ndarray | None:
         """Latest PCA components ``(n_components, n_channels)`` (orthonormal, in weighted
@@ -721,9 +650,7 @@ class StreamingMonitor:
             metric = "deviance" if looks_like_counts(xm[:256]) else "mse"
             if metric == "deviance" and xm.min() < 0:
                 metric = "mse"
-        if self._fast is None or self._fast[0] is not model:
-            self._fast = (model, _fast_path(model))
-        codes, recon = _infer(model, xm, self.batch_size, self._fast[1])
+        codes, recon = infer(model, xm, self.batch_size, _reconstruct)
         scores = self._scores(xm, recon, metric)
         return codes, scores, metric, xm
 
@@ -734,46 +661,11 @@ class StreamingMonitor:
                                    self._score_pool.map if parallel else map)
 
     # -- streaming PCA ---------------------------------------------------------------------
-    def _weighted_rows(self, x: np.ndarray) -> np.ndarray:
-        """Rows divided by their Poisson row scale (float64), or unchanged."""
-        y = x.astype(np.float64)
-        if self.pca_weighting_ == "poisson":
-            r = np.sqrt(np.clip(y.mean(axis=1, keepdims=True), 0, None))
-            y /= np.where(r > 0, r, 1.0)
-        return y
-
-    def _project(self, x: np.ndarray, basis: _Basis) -> tuple[np.ndarray, np.ndarray]:
-        """PCA scores and mean squared residual per channel of raw rows, with ``basis``."""
-        z = x
-        if basis.channel_scale is not None:
-            r = np.sqrt(np.clip(x.mean(axis=1, keepdims=True, dtype=np.float64), 0, None))
-            r = np.where(r > 0, r, 1.0).astype(np.float32)
-            z = x / (r * basis.channel_scale)
-        zc = z - basis.mean
-        t = zc @ basis.components.T
-        # orthonormal basis: |residual|^2 = |zc|^2 - |t|^2 (no reconstruction needed)
-        total = np.einsum("ij,ij->i", zc, zc, dtype=np.float64)
-        resid = np.maximum(total - np.einsum("ij,ij->i", t, t, dtype=np.float64), 0.0)
-        return t.astype(np.float64), resid / x.shape[1]
-
     def _score_pca(self, x: np.ndarray):
         basis = self._basis
         if basis is None:
             return None
-        return self._project(x, basis)
-
-    def _flush_chunk(self) -> None:
-        """Add the buffered spectra to the stream's covariance sums (one rank-k update)."""
-        if not self._chunk_rows:
-            return
-        x = self._chunk[0] if len(self._chunk) == 1 else np.concatenate(self._chunk)
-        self._chunk, self._chunk_rows = [], 0
-        y = self._weighted_rows(x)
-        if self._shift is None:
-            self._shift = y.mean(axis=0)  # fixed shift: keeps the sums well conditioned
-        if self._delta is None:
-            self._delta = _Accumulator(self.n_channels, self._shift)
-        self._delta.add(y, x.sum(axis=0, dtype=np.float64))
+        return StreamingPCA.project(x, basis)
 
     def _start_refresh(self, force: bool = False) -> None:
         """Hand the stream's sums to the refresh thread (or refresh here, not background)."""
@@ -782,55 +674,23 @@ class StreamingMonitor:
                 return  # one refresh at a time; the sums keep growing meanwhile
             self._refresh_future.result()
             self._collect_refresh()
-        delta, self._delta = self._delta, None
+        delta = self._pca.take()
         self._since_refresh = 0
-        if delta is None or delta.n == 0:
+        if delta is None:
             return
         if self.background:
             self._refresh_future = self._executor.submit(self._refresh_job, delta)
         else:
             self._refresh_job(delta)
 
-    def _refresh_job(self, delta: _Accumulator) -> None:
-        """Merge sums and eigendecompose the covariance (refresh thread; owns ``_base``)."""
+    def _refresh_job(self, delta) -> None:
+        """Merge the sums and compute a new basis (the refresh thread)."""
         t0 = time.perf_counter()
-        if self._base is None:
-            self._base = delta
-        else:
-            self._base.merge(delta)
-        acc = self._base
-        n = acc.n
-        if n < 2:
-            return
-        upper = np.triu(acc.S)
-        S = upper + np.triu(acc.S, 1).T
-        cov = (S - np.outer(acc.s, acc.s) / n) / (n - 1)
-        mean_y = acc.shift + acc.s / n
-        scale = None
-        if self.pca_weighting_ == "poisson":
-            # channel weights as engine.normalization's "poisson": sqrt(channel mean), floored
-            c = np.sqrt(np.clip(acc.raw_sum / n, 0, None))
-            positive = c[c > 0]
-            c = np.maximum(c, 1e-3 * positive.mean() if positive.size else 1.0)
-            cov /= np.outer(c, c)
-            mean_y = mean_y / c
-            scale = c
-        k = min(self.n_components, self.n_channels)
-        old = self._basis
-        values, comps = _top_eigenpairs(cov, k, None if old is None else old.components64)
-        order = np.argsort(values)[::-1]
-        values, comps = values[order], comps[order]
-        comps = _sign_align(comps, None if old is None else old.components64)
-        total = float(np.trace(S) - (acc.s @ acc.s) / n) / (n - 1) if scale is None else \
-            float(np.sum((np.diag(S) - acc.s**2 / n) / (n - 1) / scale**2))
-        basis = _Basis(version=(old.version if old else 0) + 1, n_samples=n,
-                       mean=mean_y.astype(np.float32), components=comps.astype(np.float32),
-                       components64=comps, explained_variance=np.maximum(values, 0),
-                       total_variance=total,
-                       channel_scale=None if scale is None else scale.astype(np.float32))
-        self._basis = basis  # atomic swap: the stream uses it from its next batch
-        self.n_refreshes_ += 1
-        self.last_refresh_seconds_ = time.perf_counter() - t0
+        try:
+            self._pca.refresh_with(delta)
+        finally:
+            end = time.perf_counter()
+            self._next_refresh = end + self.refresh_pause * (end - t0)
 
     def _collect_refresh(self) -> None:
         """Surface errors of a finished refresh/fine-tune, adopt a fine-tuned model, and
@@ -850,36 +710,21 @@ class StreamingMonitor:
             pending, self._pending, self._pending_rows = self._pending, [], 0
             idx = np.concatenate([p[0] for p in pending])
             x = np.concatenate([p[1] for p in pending])
-            t, resid = self._project(x, self._basis)
+            t, resid = StreamingPCA.project(x, self._basis)
             self.pca_loadings.data.reshape(-1, self.n_components)[idx] = t
             self.pca_residual_map.data.reshape(-1)[idx] = resid
 
     # -- fine-tuning -----------------------------------------------------------------------
     def _buffer_for_tuning(self, x: np.ndarray, scores: np.ndarray) -> None:
-        if self._tune_rows is None:
-            self._tune_rows = np.empty((self.fine_tune_buffer, x.shape[1]), np.float32)
-            self._tune_scores = np.empty(self.fine_tune_buffer)
-        size = self.fine_tune_buffer
-        x, scores = x[-size:], scores[-size:]
-        idx = (self._tune_next + np.arange(len(x))) % size
-        self._tune_rows[idx] = x
-        self._tune_scores[idx] = scores
-        self._tune_next = int((self._tune_next + len(x)) % size)
-        self._tune_filled = min(size, self._tune_filled + len(x))
-        self._since_tune += len(x)
+        self._tuning.add(x, scores)
         busy = self._tune_future is not None and not self._tune_future.done()
-        if self._since_tune >= self.fine_tune_every and not busy:
-            self._since_tune = 0
-            rows = self._tune_rows[: self._tune_filled]
-            s = self._tune_scores[: self._tune_filled]
-            keep = s <= np.quantile(s, 1.0 - self.fine_tune_trim) if len(s) > 1 else \
-                np.ones(len(s), bool)
-            data = rows[keep].copy()  # the buffer keeps filling meanwhile
+        if self._tuning.due() and not busy:
+            data = self._tuning.training_rows()
             model = self.model_
             if self.background:
-                self._tune_future = self._tune_executor.submit(_fine_tuned, model, data)
+                self._tune_future = self._tune_executor.submit(fine_tuned, model, data)
             else:
-                self.model_ = _fine_tuned(model, data)
+                self.model_ = fine_tuned(model, data)
                 self.n_fine_tunes_ += 1
 
     # -- committing a batch ----------------------------------------------------------------
@@ -898,6 +743,7 @@ class StreamingMonitor:
                 from hyperspy_mlspec.estimators.base import looks_like_counts
 
                 self.pca_weighting_ = "poisson" if looks_like_counts(x[:256]) else "none"
+                self._pca.weighting = self.pca_weighting_
                 if self.pca_weighting_ == "poisson":
                     self.pca_residual_map.metadata.set_item(
                         "Signal.quantity", "Mean squared residual per channel (PCA, "
@@ -911,18 +757,15 @@ class StreamingMonitor:
                 self._pending_rows += n
             else:
                 self.n_unscored_ += n
-            self._chunk.append(x.copy())  # the caller may reuse its buffer
-            self._chunk_rows += n
-            self._since_refresh += n
-            if self._chunk_rows >= self.pca_chunk:
-                with _threads(self.num_threads):
-                    self._flush_chunk()
-            if self._since_refresh >= self.refresh_every and not self.refreshing:
-                with _threads(self.num_threads):
-                    self._flush_chunk()
+            with threads(self.num_threads):
+                self._pca.add(x)  # copied: the caller may reuse its buffer
+                self._since_refresh += n
+                if (self._since_refresh >= self.refresh_every and not self.refreshing
+                        and (not self.background
+                             or time.perf_counter() >= self._next_refresh)):
                     self._start_refresh()
-                if not self.background:
-                    self._collect_refresh()
+            if not self.background:
+                self._collect_refresh()
         np.add.at(self.coverage.data.reshape(-1), flat, 1)
         self.n_seen_ += n
         if self.fine_tune and model_out is not None:
@@ -932,188 +775,7 @@ class StreamingMonitor:
 
 
 # -- helpers --------------------------------------------------------------------------------
-def _torch_threads() -> int:
-    import torch
-
-    return int(torch.get_num_threads())
-
-
-_BLAS = None
-
-
-def _blas_controller():
-    """threadpoolctl controller of the BLAS libraries of numpy and scipy (created once,
-    after scipy's BLAS is loaded, so both are seen)."""
-    global _BLAS
-    if _BLAS is None:
-        import scipy.linalg.blas  # noqa: F401  (load scipy's own OpenBLAS first)
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS = ThreadpoolController()
-    return _BLAS
-
-
-class _threads:
-    """Set torch's intra-op threads and the BLAS threads for a block, then restore them
-    (None: unchanged). On a machine shared with other jobs, fewer threads than cores can
-    be much faster: idle OpenMP/OpenBLAS threads spin while waiting for descheduled ones
-    (measured 40x slower small BLAS calls with 2 threads at load 8 on 2 cores)."""
-
-    def __init__(self, n: int | None) -> None:
-        self.n = n
-
-    def __enter__(self) -> None:
-        if self.n is not None:
-            import torch
-
-            self.old = torch.get_num_threads()
-            if self.old != self.n:
-                torch.set_num_threads(int(self.n))
-            self.blas = _blas_controller().limit(limits=int(self.n), user_api="blas")
-
-    def __exit__(self, *exc) -> None:
-        if self.n is not None:
-            import torch
-
-            self.blas.restore_original_limits()
-            if self.old != self.n:
-                torch.set_num_threads(self.old)
-
-
 def _as_index(value, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     return int(value)
-
-
-class _FastAutoencoder:
-    """Inference-only form of a fitted dense :class:`AutoencoderDecomposition` network.
-
-    The per-spectrum and per-channel normalisation and the encoder's input standardisation
-    are folded into the first layer (``W' = W / (c * scale)``, ``b' = b - W shift/scale``,
-    divided by the row scale after the matmul), and the channel scale into the decoder's
-    output weights, so each batch costs the matmuls plus a few in-place element-wise
-    passes instead of about ten passes over ``(n, C)`` temporaries. Built only when a
-    probe batch gives the model's own ``_encode_tensor``/``_decode_tensor`` results
-    (:func:`_fast_path` falls back to those otherwise).
-    """
-
-    def __init__(self, model) -> None:
-        import torch
-
-        module, norm = model.module_, model.normalizer_
-        first = module.encoder.net[0]
-        with torch.no_grad():
-            c = torch.as_tensor(norm.channel_scale, dtype=torch.float32)
-            scale, shift = module.input_scale.float().cpu(), module.input_shift.float().cpu()
-            w = first.weight.detach().float().cpu()
-            self.w1 = (w / (c * scale)).T.contiguous()  # (C, h1)
-            self.b1 = first.bias.detach().float().cpu() - w @ (shift / scale)
-            self.rest = list(module.encoder.net[2:])  # after the first Linear and SiLU
-            self.mu = module.mu
-            self.activation = module.latent_activation
-            w_out = module.out.weight.detach().float().cpu()  # (C, k), softplus applied
-            self.w_out = (w_out * c[:, None]).T.contiguous()  # (k, C)
-            self.hidden = module.hidden_decoder
-            self.nonnegative = module.nonnegative
-            self.c = c
-        self.norm = norm
-
-    def __call__(self, x):
-        import torch
-        from torch.nn import functional as F
-
-        r = self.norm.row_scale(x)
-        h = F.silu(torch.mm(x, self.w1).div_(r).add_(self.b1), inplace=True)
-        for layer in self.rest:
-            h = layer(h)
-        code = self.activation(self.mu(h)) * r
-        recon = code @ self.w_out
-        if self.hidden is not None:
-            length = code.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            corr = self.hidden(code / length)
-            if self.nonnegative:
-                recon.mul_(corr.clamp_(-10.0, 10.0).exp_())
-            else:
-                recon.add_(corr.mul_(length).mul_(self.c))
-        return code, recon
-
-
-def _fast_path(model):
-    """A :class:`_FastAutoencoder` for ``model`` when it reproduces the model on a probe
-    batch (CPU, dense encoder), else None."""
-    import torch
-
-    from hyperspy_mlspec.models.autoencoder import DenseEncoder, SpectralAutoencoder
-
-    module = getattr(model, "module_", None)
-    if not (isinstance(module, SpectralAutoencoder) and isinstance(module.encoder,
-                                                                  DenseEncoder)
-            and str(getattr(model, "device_", "cpu")) == "cpu"
-            and hasattr(model, "_encode_tensor")):
-        return None
-    try:
-        fast = _FastAutoencoder(model)
-        gen = torch.Generator().manual_seed(0)
-        scale = float(np.mean(model.normalizer_.channel_scale)) ** 2 or 1.0
-        probe = torch.rand(16, int(model.n_features_in_), generator=gen) * 4 * scale
-        with torch.inference_mode():
-            z_ref = model._encode_tensor(probe)
-            x_ref = model._decode_tensor(z_ref)
-            z, x = fast(probe)
-        ok = (torch.allclose(z, z_ref, rtol=1e-4, atol=1e-5 * float(z_ref.abs().max()))
-              and torch.allclose(x, x_ref, rtol=1e-4, atol=1e-5 * float(x_ref.abs().max())))
-    except Exception:  # noqa: BLE001 - any surprise: use the model's own methods
-        return None
-    return fast if ok else None
-
-
-def _infer(model, x: np.ndarray, batch_size: int,
-           fast=None) -> tuple[np.ndarray | None, np.ndarray]:
-    """Latent codes (None for models without) and reconstruction of float32 rows.
-
-    The package's estimators take the inference-only path: one encode and one decode per
-    batch under ``torch.inference_mode`` (``transform`` + ``inverse_transform`` would
-    encode twice, ``reconstruct`` would not return the codes), through ``fast`` (a
-    :class:`_FastAutoencoder`) when given. Other models go through
-    :func:`hyperspy_mlspec.anomaly._reconstruct`.
-    """
-    import torch
-
-    if hasattr(model, "_encode_tensor") and hasattr(model, "_decode_tensor"):
-        codes, recon = [], []
-        with torch.inference_mode():
-            for i in range(0, x.shape[0], batch_size):
-                xt = torch.from_numpy(x[i:i + batch_size]).to(model.device_)
-                if fast is not None:
-                    z, r = fast(xt)
-                else:
-                    z = model._encode_tensor(xt)
-                    r = model._decode_tensor(z)
-                codes.append(z.cpu().numpy())
-                recon.append(r.cpu().numpy())
-        return np.concatenate(codes), np.concatenate(recon)
-    if hasattr(model, "_denoise_tensor"):
-        recon = []
-        with torch.inference_mode():
-            for i in range(0, x.shape[0], batch_size):
-                xt = torch.from_numpy(x[i:i + batch_size]).to(model.device_)
-                recon.append(model._denoise_tensor(xt).cpu().numpy())
-        return None, np.concatenate(recon)
-    recon = np.asarray(_reconstruct(model, x))
-    codes = (np.asarray(model.transform(x)) if hasattr(model, "inverse_transform")
-             else None)
-    return codes, recon
-
-
-def _fine_tuned(model, data: np.ndarray):
-    """A copy of ``model`` trained further on ``data`` (``partial_fit``); the original is
-    left untouched, so scoring can go on with it meanwhile."""
-    tuned = copy.deepcopy(model)
-    if "show_progressbar" in tuned.get_params():
-        tuned.set_params(show_progressbar=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tuned.partial_fit(data)
-    return tuned
-

@@ -1,0 +1,63 @@
+"""Fast random thinning of counts: ``Binomial(x, 1/2)`` halves for Poisson splitting.
+
+``torch.binomial`` costs about 170 ns per element on a CPU (70 ms for a 410 x 1024 batch at
+10 counts per channel). For ``p = 1/2`` a binomial draw is the number of set bits among
+``x`` random bits, so on the CPU :func:`binomial_half` draws one random 64-bit word per
+element, keeps its low ``x`` bits and counts them (``numpy.bitwise_count``): exact for
+``x < 64``; larger counts use the rounded normal approximation ``round(x/2 + sqrt(x)/2 z)``
+clipped to ``[0, x]`` (for ``p = 1/2`` the binomial is symmetric and its probabilities
+agree with that approximation to about 1e-3 there). On a GPU ``torch.binomial`` is fast and
+is used. The draws follow ``generator`` (or torch's default stream), so a seed gives the
+same halves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_EXACT_BELOW = 64
+
+
+def binomial_half(counts: torch.Tensor, generator: torch.Generator | None = None
+                  ) -> torch.Tensor:
+    """``a ~ Binomial(counts, 1/2)`` element-wise (``counts - a`` is the other half: for
+    Poisson counts the two halves are independent Poisson variables of half the rate).
+
+    Parameters
+    ----------
+    counts
+        Non-negative integer-valued float tensor (rounded; negatives count as 0).
+    generator
+        Random stream (None: torch's default one).
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape, dtype and device as ``counts``.
+
+    Examples
+    --------
+    >>> x = torch.full((20000,), 10.0)
+    >>> a = binomial_half(x, torch.Generator().manual_seed(0))
+    >>> round(float(a.mean()), 1), round(float(a.var()), 1), bool((a <= x).all())
+    (5.0, 2.5, True)
+    """
+    x = counts.detach().round().clamp_min(0)
+    if x.device.type != "cpu":
+        return torch.binomial(x, torch.full_like(x, 0.5), generator=generator)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    rng = np.random.default_rng(seed)
+    flat = x.reshape(-1).numpy()
+    n_bits = np.minimum(flat, _EXACT_BELOW - 1).astype(np.uint64)
+    words = rng.integers(0, np.iinfo(np.uint64).max, size=flat.size, dtype=np.uint64,
+                         endpoint=True)
+    words &= (np.uint64(1) << n_bits) - np.uint64(1)
+    out = np.bitwise_count(words).astype(flat.dtype)
+    large = flat >= _EXACT_BELOW
+    if large.any():
+        big = flat[large]
+        z = rng.standard_normal(big.size).astype(flat.dtype)
+        out[large] = np.minimum(np.maximum(np.round(0.5 * big + 0.5 * np.sqrt(big) * z), 0),
+                                big)
+    return torch.from_numpy(out.reshape(x.shape))
