@@ -13,7 +13,6 @@ Public API (everything else is internal):
 from hyperspy_mlspec import data  # noqa: E402
 from hyperspy_mlspec._version import __version__  # noqa: E402
 from hyperspy_mlspec.accessor import MLSpecNamespace, register  # noqa: E402
-from hyperspy_mlspec.anomaly import AnomalyResult, ClusterResult, plot_embedding  # noqa: E402
 from hyperspy_mlspec.estimators import (  # noqa: E402
     AutoencoderDecomposition,
     DenoisingAutoencoder,
@@ -21,6 +20,8 @@ from hyperspy_mlspec.estimators import (  # noqa: E402
 )
 from hyperspy_mlspec.persistence import load_model  # noqa: E402
 from hyperspy_mlspec.streaming import StreamingMonitor  # noqa: E402
+from hyperspy_mlspec.workflows.anomaly import AnomalyResult  # noqa: E402
+from hyperspy_mlspec.workflows.latent import ClusterResult, plot_embedding  # noqa: E402
 
 register()
 

@@ -270,7 +270,7 @@ class MLSpecNamespace:
         >>> score = s.mlspec.anomaly_map(epochs=5, show_progressbar=False)
         >>> s.plot(navigator=score)  # doctest: +SKIP
         """
-        from hyperspy_mlspec.anomaly import anomaly_map
+        from hyperspy_mlspec.workflows.anomaly import anomaly_map
 
         return anomaly_map(self._signal, model, metric, navigation_mask=navigation_mask,
                            n_components=n_components, robust=robust, smoothing=smoothing,
@@ -300,7 +300,7 @@ class MLSpecNamespace:
         >>> found = s.mlspec.anomalies(epochs=20, show_progressbar=False)
         >>> found.regions[0].mean_spectrum.plot()  # doctest: +SKIP
         """
-        from hyperspy_mlspec.anomaly import anomalies
+        from hyperspy_mlspec.workflows.anomaly import anomalies
 
         return anomalies(self._signal, anomaly_map, threshold=threshold, k=k, q=q,
                          alpha=alpha, min_size=min_size, model=model, **map_params)
@@ -329,7 +329,7 @@ class MLSpecNamespace:
         >>> phases = s.mlspec.cluster(n_clusters=3, epochs=5, show_progressbar=False)
         >>> phases.centers.plot()  # doctest: +SKIP
         """
-        from hyperspy_mlspec.anomaly import cluster
+        from hyperspy_mlspec.workflows.latent import cluster
 
         return cluster(self._signal, model, n_clusters, method, normalize=normalize,
                        navigation_mask=navigation_mask, n_components=n_components,
@@ -359,7 +359,7 @@ class MLSpecNamespace:
         >>> emb.data.shape
         (16, 16, 2)
         """
-        from hyperspy_mlspec.anomaly import embedding_2d
+        from hyperspy_mlspec.workflows.latent import embedding_2d
 
         return embedding_2d(self._signal, model, method, color_by, normalize=normalize,
                             navigation_mask=navigation_mask, n_components=n_components,
