@@ -245,34 +245,44 @@ class MLSpecNamespace:
                               show_progressbar=show_progressbar, **estimator_params)
 
     # -- anomalies, latent phase maps -------------------------------------------------------
-    def anomaly_map(self, model=None, metric: str = "auto", *, navigation_mask=None,
-                    n_components: int = 4, robust: float = 0.05, smoothing: float = 0.0,
+    def anomaly_map(self, model=None, metric: str = "auto", *, method: str = "auto",
+                    navigation_mask=None, window: tuple[int, int] | None = None,
+                    footprints=None, return_scales: bool = False, n_components: int = 4,
+                    robust: float = 0.05, smoothing: float = 0.0,
                     show_progressbar: bool | None = None, return_model: bool = False,
                     **estimator_params: Any):
-        """Per-pixel reconstruction error: a map of what the model cannot explain.
+        """Per-pixel anomaly score: what the pixel's surroundings (or a model) do not
+        explain.
 
-        Poisson deviance per channel for counts (bright pixels are not flagged for being
-        bright), mean squared error otherwise. With no ``model`` a small autoencoder is
-        fitted on the signal, then refitted without its worst-explained ``robust``
-        fraction of pixels so that rare phases are not learned. See
-        :func:`hyperspy_mlspec.anomaly.anomaly_map` for all parameters.
+        By default (maps and line scans) each pixel's expected spectrum is fitted on the
+        ring of pixels around it, never on itself (``window=(guard, outer)`` radii), and
+        the residual is scored at several energy scales and spatial footprints (the pixel
+        alone, its 3x3 neighbourhood): a robust z-score, about standard normal where
+        nothing is unusual. ``return_scales=True`` also returns the per-footprint maps.
+        With a ``model`` the score is its per-pixel reconstruction error (Poisson deviance
+        per channel for counts, MSE otherwise); ``method="autoencoder"`` fits a small
+        trimmed autoencoder on the map for that. See
+        :func:`hyperspy_mlspec.workflows.anomaly.anomaly_map` for all parameters.
 
         Returns
         -------
         Signal2D, Signal1D or float
             Navigation-shaped score (NaN where excluded or non-finite), a float for a single
-            spectrum; ``(score, model)`` with ``return_model``.
+            spectrum scored by a model; followed by the per-footprint maps
+            (``return_scales``) and the model (``return_model``).
 
         Examples
         --------
         >>> import hyperspy_mlspec
         >>> s = hyperspy_mlspec.data.eds_map((16, 16), n_channels=128, rare_phase=True)
-        >>> score = s.mlspec.anomaly_map(epochs=5, show_progressbar=False)
+        >>> score = s.mlspec.anomaly_map(show_progressbar=False)
         >>> s.plot(navigator=score)  # doctest: +SKIP
         """
         from hyperspy_mlspec.workflows.anomaly import anomaly_map
 
-        return anomaly_map(self._signal, model, metric, navigation_mask=navigation_mask,
+        return anomaly_map(self._signal, model, metric, method=method,
+                           navigation_mask=navigation_mask, window=window,
+                           footprints=footprints, return_scales=return_scales,
                            n_components=n_components, robust=robust, smoothing=smoothing,
                            show_progressbar=show_progressbar, return_model=return_model,
                            **estimator_params)
@@ -283,8 +293,9 @@ class MLSpecNamespace:
         """Anomalous pixels, their connected regions and the regions' mean spectra.
 
         Thresholds: ``"mad"`` (median + ``k`` robust standard deviations), ``"quantile"``
-        (``q``) or ``"pvalue"`` (chi-squared test of the Poisson deviance at ``alpha``).
-        See :func:`hyperspy_mlspec.anomaly.anomalies`.
+        (``q``) or ``"pvalue"`` (normal tail of the z-score, or chi-squared test of the
+        Poisson deviance of a model, at ``alpha``).
+        See :func:`hyperspy_mlspec.workflows.anomaly.anomalies`.
 
         Returns
         -------
@@ -314,7 +325,8 @@ class MLSpecNamespace:
 
         HyperSpy's own clustering takes the same codes:
         ``s.cluster_analysis(cluster_source=s.mlspec.encode(model), source_for_centers=s,
-        preprocessing="norm", n_clusters=3)``. See :func:`hyperspy_mlspec.anomaly.cluster`.
+        preprocessing="norm", n_clusters=3)``.
+        See :func:`hyperspy_mlspec.workflows.latent.cluster`.
 
         Returns
         -------
@@ -342,9 +354,9 @@ class MLSpecNamespace:
                      **estimator_params: Any):
         """2-D embedding (PCA, or UMAP with ``umap-learn``) of the latent codes.
 
-        ``color_by`` (a :class:`~hyperspy_mlspec.anomaly.ClusterResult` or labels) draws a
-        scatter plot right away; :func:`hyperspy_mlspec.anomaly.plot_embedding` draws one
-        later. See :func:`hyperspy_mlspec.anomaly.embedding_2d`.
+        ``color_by`` (a :class:`~hyperspy_mlspec.ClusterResult` or labels) draws a
+        scatter plot right away; :func:`hyperspy_mlspec.plot_embedding` draws one
+        later. See :func:`hyperspy_mlspec.workflows.latent.embedding_2d`.
 
         Returns
         -------

@@ -18,7 +18,7 @@ from hyperspy_mlspec.workflows._common import anomaly_record
 
 SHAPE = (24, 24)
 N_CHANNELS = 128
-FIT = dict(epochs=30, show_progressbar=False)
+FIT = dict(method="autoencoder", epochs=30, show_progressbar=False)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,8 @@ def eds():
 
 @pytest.fixture(scope="module")
 def fitted(eds):
-    """Anomaly map and model fitted once on the map itself (defaults, short training)."""
+    """Per-pixel anomaly map and autoencoder fitted once on the map itself (trimmed fit,
+    short training)."""
     s, _ = eds
     before = s.data.copy()
     score, model = s.mlspec.anomaly_map(return_model=True, **FIT)
@@ -93,8 +94,9 @@ def test_single_spectrum_gives_float(eds, fitted):
     value = s.inav[3, 4].mlspec.anomaly_map(model)
     assert isinstance(value, float)
     assert value == pytest.approx(score.data[4, 3], rel=1e-5)
-    with pytest.raises(ValueError, match="single spectrum"):
-        s.inav[3, 4].mlspec.anomaly_map()
+    for method in ("auto", "context", "autoencoder"):
+        with pytest.raises(ValueError, match="single spectrum"):
+            s.inav[3, 4].mlspec.anomaly_map(method=method)
 
 
 def test_line_scan_gives_profile(eds, fitted):
@@ -130,7 +132,7 @@ def test_nan_pixel_when_fitting(eds):
     bad = s.deepcopy()
     bad.data[0, 0, :] = np.inf
     with pytest.warns(UserWarning, match="NaN or infinity"):
-        out = bad.mlspec.anomaly_map(epochs=4, show_progressbar=False)
+        out = bad.mlspec.anomaly_map(method="autoencoder", epochs=4, show_progressbar=False)
     assert np.isnan(out.data[0, 0])
     assert np.isfinite(out.data).sum() == out.data.size - 1
 

@@ -32,9 +32,9 @@ def label_regions(score: np.ndarray, threshold: float, min_size: int = 1) -> np.
     Examples
     --------
     >>> import numpy as np
-    >>> s = np.zeros((5, 5)); s[0, 0] = 9; s[3:5, 3:5] = 4
+    >>> s = np.zeros((5, 5)); s[0, 0] = 9; s[3:5, 3:5] = 4  # excess 8 vs 4 x 3
     >>> label_regions(s, 1.0)[[0, 4], [0, 4]].tolist()
-    [1, 2]
+    [2, 1]
     """
     from scipy import ndimage
 

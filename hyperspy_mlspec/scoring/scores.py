@@ -220,7 +220,7 @@ def prescreen(rows, n_components: int, seed: int = 0) -> np.ndarray:
 
 def threshold_value(score: np.ndarray, threshold: str = "mad", *, k: float = 5.0,
                     q: float = 0.99, alpha: float = 1e-3, n_channels: int | None = None,
-                    smoothing: float = 0.0) -> tuple[float, str]:
+                    smoothing: float = 0.0, metric: str = "deviance") -> tuple[float, str]:
     """Score threshold and a description of it.
 
     Parameters
@@ -230,12 +230,15 @@ def threshold_value(score: np.ndarray, threshold: str = "mad", *, k: float = 5.0
     threshold
         ``"mad"``: median + ``k`` robust standard deviations (1.4826 MAD); ``"quantile"``:
         the ``q`` quantile; ``"pvalue"``: the score whose chi-squared tail probability is
-        ``alpha`` (Poisson deviance scores only; summed deviance ~ chi2 with ``n_channels``
-        degrees of freedom under the model, corrected for ``smoothing``).
+        ``alpha`` (Poisson deviance scores: summed deviance ~ chi2 with ``n_channels``
+        degrees of freedom under the model, corrected for ``smoothing``; z-scores: the
+        standard normal tail).
     k, q, alpha
         Parameters of the three rules.
     n_channels, smoothing
-        Needed by ``"pvalue"`` (recorded by :func:`anomaly_map`).
+        Needed by ``"pvalue"`` for deviance scores (recorded by ``anomaly_map``).
+    metric
+        ``"deviance"`` or ``"zscore"`` (spatial-context scores), for ``"pvalue"``.
 
     Returns
     -------
@@ -264,6 +267,10 @@ def threshold_value(score: np.ndarray, threshold: str = "mad", *, k: float = 5.0
     if threshold == "pvalue":
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+        if metric == "zscore":
+            from scipy.stats import norm
+
+            return float(norm.isf(alpha)), f"p < {alpha:g} (normal)"
         if not n_channels:
             raise ValueError("threshold='pvalue' needs the number of channels: use a map "
                              "made by anomaly_map with metric='deviance'.")

@@ -138,3 +138,20 @@ def calibrated(signal, index: Sequence[float]) -> tuple[float, ...]:
         values = np.asarray(ax.axis, dtype=np.float64)
         out.append(float(np.interp(i, np.arange(values.size), values)))
     return tuple(out[::-1])
+
+
+def navigation_stack(signal, data: np.ndarray, title: str, quantity: str, name: str,
+                     values: Sequence[float], units: str = "<undefined>"):
+    """A stack of navigation-shaped maps (``data`` is ``(n, *navigation)``): navigation axis
+    ``name`` with ``values``, signal axes = the navigation axes of ``signal``."""
+    from hyperspy import signals
+
+    first = sio.navigation_image(signal, data[0], title, quantity)
+    axes = [{"name": name, "axis": np.asarray(values, dtype=np.float64), "units": units,
+             "navigate": True}]
+    axes += [dict(ax.get_axis_dictionary(), navigate=False) for ax in first.axes_manager._axes]
+    cls = signals.Signal2D if data.ndim == 3 else signals.Signal1D
+    out = cls(np.asarray(data), axes=axes)
+    out.metadata.General.title = title
+    out.metadata.set_item("Signal.quantity", quantity)
+    return out

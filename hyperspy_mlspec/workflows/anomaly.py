@@ -50,12 +50,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from hyperspy_mlspec import signals as sio
 from hyperspy_mlspec.arrays import SpectraTable
+from hyperspy_mlspec.scoring.context import ContextSettings, DualWindowModel, context_scores
 from hyperspy_mlspec.scoring.regions import label_regions
 from hyperspy_mlspec.scoring.scores import (
     QUANTITY,
@@ -72,13 +74,14 @@ from hyperspy_mlspec.workflows._common import (
     full_grid,
     mask_arg,
     nav_ndim,
+    navigation_stack,
     nonfinite_rows,
     resolve_metric,
     spectra_signal,
     title_of,
 )
 
-__all__ = ["AnomalyRegion", "AnomalyResult", "anomalies", "anomaly_map"]
+__all__ = ["METHODS", "AnomalyRegion", "AnomalyResult", "anomalies", "anomaly_map"]
 
 
 def _table_scores(model, table: SpectraTable, metric: str,
@@ -175,63 +178,140 @@ def _trimmed_fit(signal, excluded: np.ndarray, n_components: int, robust: float,
 
 
 # -- anomaly map ------------------------------------------------------------------------------
-def anomaly_map(signal, model=None, metric: str = "auto", *, navigation_mask=None,
+METHODS = ("auto", "context", "autoencoder")
+
+
+def _context_settings(model, window, footprints, poisson: bool) -> ContextSettings:
+    if isinstance(model, DualWindowModel):
+        return model.settings
+    if window is None:
+        window = (1, 3)
+    if not (isinstance(window, Sequence) and len(window) == 2):
+        raise ValueError(f"window must be (guard, outer) radii in pixels, e.g. (1, 3); got "
+                         f"{window!r}")
+    fps = (0, 1) if footprints is None else tuple(footprints)
+    return ContextSettings(guard=int(window[0]), outer=int(window[1]), footprints=fps,
+                           poisson=poisson)
+
+
+def _resolve_method(method: str, model, signal, estimator_params: dict) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(model, DualWindowModel):
+        if method == "autoencoder":
+            raise ValueError("model is a DualWindowModel (spatial context): use "
+                             "method='context' or 'auto' with it")
+        method = "context"
+    elif model is not None:
+        if method == "context":
+            raise ValueError("method='context' models each pixel from its surroundings and "
+                             "takes no fitted model; drop model=..., or keep the model and "
+                             "use method='auto' (per-pixel reconstruction error).")
+        return "model"
+    n_dim = nav_ndim(signal)
+    if n_dim == 0:
+        raise ValueError("a single spectrum cannot be scored against itself and has no "
+                         "surroundings: pass a model trained on reference data (model=...), "
+                         "e.g. one returned by s_reference.mlspec.decomposition(...).")
+    if method == "auto":
+        method = "context"
+    if method == "context":
+        # the context score is deterministic: a seed (e.g. the command line's --seed) has
+        # nothing to set
+        if set(estimator_params) - {"random_state"}:
+            raise TypeError(f"{sorted(set(estimator_params) - {'random_state'})} are "
+                            "autoencoder parameters: the "
+                            "default spatial-context score fits no network. Pass "
+                            "method='autoencoder' to fit one on the map, or drop them.")
+    return method
+
+
+def anomaly_map(signal, model=None, metric: str = "auto", *, method: str = "auto",
+                navigation_mask=None, window: tuple[int, int] | None = None,
+                footprints: Sequence[int] | None = None, return_scales: bool = False,
                 n_components: int = 4, robust: float = 0.05, smoothing: float = 0.0,
                 show_progressbar: bool | None = None, return_model: bool = False,
                 **estimator_params: Any):
-    """Per-pixel reconstruction error of a spectrum image: where the model fails.
+    """Per-pixel anomaly score of a spectrum image: what the map's context, or a model,
+    does not explain.
 
     Parameters
     ----------
     signal
         HyperSpy signal with one signal dimension (EELS, EDS...), lazy or not.
     model
-        A fitted model (e.g. :class:`~hyperspy_mlspec.AutoencoderDecomposition` trained on
-        reference data of known phases, or loaded with :func:`hyperspy_mlspec.load_model`);
-        other energy calibrations are converted and resampled onto its axis. None fits an
-        autoencoder on ``signal`` itself (see ``robust``).
+        None (the default: ``method`` decides), a fitted model (e.g.
+        :class:`~hyperspy_mlspec.AutoencoderDecomposition` trained on reference data of
+        known phases, or loaded with :func:`hyperspy_mlspec.load_model`; other energy
+        calibrations are converted and resampled onto its axis) whose per-pixel
+        reconstruction error is the score, or a
+        :class:`~hyperspy_mlspec.scoring.context.DualWindowModel` returned by an earlier
+        call (same windows and channel noise on another map).
     metric
-        ``"deviance"`` (mean Poisson deviance per channel, for counts), ``"mse"`` (mean
-        squared error per channel) or ``"auto"``: the model's noise model, or deviance when
-        the data are counts.
+        ``"deviance"`` (Poisson: counts), ``"mse"`` (Gaussian: other data) or ``"auto"``:
+        the model's noise model, or deviance when the data are counts. With
+        ``method="context"`` it chooses the weights of the context fit; the score is then a
+        z-score.
+    method
+        ``"auto"`` (default): ``"context"`` for maps and line scans, the per-pixel
+        reconstruction error when a model is given. ``"context"``: each pixel's expected
+        spectrum is fitted on the ring of pixels around it, never on itself (see
+        :mod:`hyperspy_mlspec.scoring.context`); residuals are whitened per channel,
+        reduced to the energy scales that carry signal and scored at several spatial
+        footprints. ``"autoencoder"``: a small autoencoder fitted on the map with
+        trimming (``robust``), scored per pixel (what this function did before the
+        spatial score; single spectra need a model).
     navigation_mask
-        Boolean array or signal, True excludes a pixel (its score is NaN).
+        Boolean array or signal, True excludes a pixel (its score is NaN; it is not used as
+        context either).
+    window
+        ``(guard, outer)`` Chebyshev radii in pixels of the dual window (``"context"``;
+        default ``(1, 3)``: the 3x3 pixels around a pixel are left out, the ring out to
+        7x7 predicts it). Inclusions up to about ``2 * guard + 1`` pixels across are never
+        used to predict themselves; raise ``guard`` for larger ones.
+    footprints
+        Chebyshev radii of the spatial footprints scored (``"context"``; default
+        ``(0, 1)``: the pixel alone and its 3x3 neighbourhood summed).
+    return_scales
+        Also return the per-footprint maps (``"context"``): a signal stack with a
+        navigation axis ``"footprint"`` (pixels across) over the navigation axes of
+        ``signal``.
     n_components
-        Latent dimensions of the autoencoder fitted when ``model`` is None. Keep it modest:
+        Latent dimensions of the autoencoder (``method="autoencoder"``). Keep it modest:
         a high-capacity model learns rare phases and stops flagging them.
     robust
-        Trimming fraction of the fit (``model`` None only): after a short fit on every
-        pixel, training continues in rounds on the pixels whose score is below the
-        ``1 - robust`` quantile only (scores recomputed each round), so anomalies covering
-        less than this fraction of the map are never learned. 0 fits once on everything.
+        Trimming fraction of the autoencoder fit: after a short fit on every pixel,
+        training continues in rounds on the pixels whose score is below the
+        ``1 - robust`` quantile only, so anomalies covering less than this fraction of the
+        map are never learned. 0 fits once on everything.
     smoothing
-        Gaussian sigma, in channels, applied to the signed residuals along the signal axis
-        before squaring (0: plain deviance/MSE). A few channels help to find weak anomalies
-        that span several channels (a missing edge); the score keeps mean 1 per channel for
-        Poisson noise, and the ``"pvalue"`` threshold of :func:`anomalies` accounts for it.
+        Gaussian sigma, in channels, applied to the signed residuals of a per-pixel score
+        along the signal axis before squaring (0: plain deviance/MSE); the ``"pvalue"``
+        threshold of :func:`anomalies` accounts for it. The context score has its own
+        energy scales and refuses it.
     show_progressbar
         None follows ``hs.preferences.General.show_progressbar``.
     return_model
-        Also return the model used (fitted here when ``model`` is None).
+        Also return the model used: the fitted autoencoder, the given model, or the
+        :class:`~hyperspy_mlspec.scoring.context.DualWindowModel` of the context score.
     **estimator_params
-        Passed to :class:`~hyperspy_mlspec.AutoencoderDecomposition`. Defaults here:
-        ``random_state=0`` (reproducible maps) and ``epochs`` giving about 1000 optimiser
-        steps in all; with ``robust`` the epochs are split between the first fit and the
-        trimming rounds.
+        Passed to :class:`~hyperspy_mlspec.AutoencoderDecomposition`
+        (``method="autoencoder"``). Defaults there: ``random_state=0`` and ``epochs``
+        giving about 1000 optimiser steps in all.
 
     Returns
     -------
     Signal2D, Signal1D or float
         The score on the navigation grid (Signal2D for a 2-D map, Signal1D for a line
         scan, with the navigation axes' names, scales and units; NaN where excluded or
-        non-finite), or a float for a single spectrum. With ``return_model``, a tuple
-        ``(score, model)``.
+        non-finite), or a float for a single spectrum; followed by the per-footprint maps
+        (``return_scales``) and the model (``return_model``) when asked for.
 
     Raises
     ------
     ValueError
-        Every pixel excluded; a single spectrum without a model; a model trained on an
-        energy range the signal does not cover.
+        Every pixel excluded; a single spectrum without a model; more than two navigation
+        dimensions; a model trained on an energy range the signal does not cover.
 
     Warns
     -----
@@ -239,13 +319,23 @@ def anomaly_map(signal, model=None, metric: str = "auto", *, navigation_mask=Non
         When spectra contain NaN or infinity: their score is NaN and their number is
         recorded in ``metadata.MLSpec`` (``n_nonfinite_pixels``).
 
+    Notes
+    -----
+    The context score is a robust z-score: about standard normal over ordinary pixels
+    (median 0, MAD-based spread 1), so ``anomalies(threshold="mad", k=5)`` flags pixels 5
+    robust standard deviations out. Pixels are neighbours by index: non-uniform navigation
+    axes are treated as a grid.
+
     Examples
     --------
     >>> import hyperspy_mlspec
     >>> s = hyperspy_mlspec.data.eels_map((16, 16), n_channels=64, rare_phase=True)
-    >>> score = s.mlspec.anomaly_map(epochs=5, show_progressbar=False)
+    >>> score = s.mlspec.anomaly_map(show_progressbar=False)
     >>> score.axes_manager.signal_shape, score.metadata.Signal.quantity
-    ((16, 16), 'Poisson deviance per channel')
+    ((16, 16), 'Anomaly z-score (spatial context)')
+    >>> score, scales = s.mlspec.anomaly_map(return_scales=True)
+    >>> scales.axes_manager.navigation_axes[0].name, scales.data.shape
+    ('footprint', (2, 16, 16))
     >>> s.plot(navigator=score)  # doctest: +SKIP
     """
     sio.check_signal(signal)
@@ -254,11 +344,20 @@ def anomaly_map(signal, model=None, metric: str = "auto", *, navigation_mask=Non
         raise ValueError(f"robust must be a fraction in [0, 0.5), got {robust!r}")
     if not (float(smoothing) >= 0 and math.isfinite(smoothing)):
         raise ValueError(f"smoothing must be >= 0 (channels), got {smoothing!r}")
+    method = _resolve_method(method, model, signal, estimator_params)
+    if method == "context":
+        if smoothing:
+            raise ValueError("smoothing applies to per-pixel scores; the context score "
+                             "already looks at energy scales from 1 channel up to a quarter "
+                             "of the spectrum. Drop smoothing=, or use method='autoencoder'.")
+        return _context_map(signal, model, metric, navigation_mask, window, footprints,
+                            return_scales, show_progressbar, return_model)
+    if return_scales:
+        raise ValueError("return_scales gives the per-footprint maps of the spatial-context "
+                         "score (method='context'); a per-pixel score has a single scale.")
+    if window is not None or footprints is not None:
+        raise ValueError("window and footprints are settings of method='context'")
     nav0 = nav_ndim(signal) == 0
-    if model is None and nav0:
-        raise ValueError("a single spectrum cannot be scored against itself: pass a model "
-                         "trained on reference data (model=...), e.g. one returned by "
-                         "s_reference.mlspec.decomposition(...).")
     lazy = sio.is_lazy(signal)
     # NaN pixels are found up front when fitting or in memory; for a lazy signal scored with
     # a given model they propagate to NaN scores (which saves a pass over the data)
@@ -281,16 +380,15 @@ def anomaly_map(signal, model=None, metric: str = "auto", *, navigation_mask=Non
     bad = ~np.isfinite(scores) & ~excluded
     scores[bad] = np.nan
     n_nonfinite = int(bad.sum() + (0 if nonfinite is None else nonfinite.sum()))
-    if n_nonfinite:
-        warnings.warn(f"{n_nonfinite} spectra contain NaN or infinity: their anomaly score "
-                      "is NaN (recorded in metadata.MLSpec).", UserWarning, stacklevel=2)
+    _warn_nonfinite(n_nonfinite)
     if nav0:
         return (float(scores[0]), model) if return_model else float(scores[0])
     quantity = QUANTITY[metric] + (f" (residuals smoothed, sigma {smoothing:g} channels)"
                                     if smoothing > 0 else "")
     out = sio.navigation_image(signal, scores.reshape(t.nav_shape),
                                f"Anomaly score of {title_of(signal)}", quantity)
-    sio.record(out, "anomaly_map", metric=metric, model=type(model).__name__,
+    sio.record(out, "anomaly_map", method="autoencoder" if fitted_here else "model",
+               metric=metric, model=type(model).__name__,
                n_components=int(getattr(model, "n_components", 0) or 0),
                n_channels=int(t.axis.size), smoothing=float(smoothing),
                fitted_on_signal=fitted_here, robust=float(robust) if fitted_here else 0.0,
@@ -298,6 +396,61 @@ def anomaly_map(signal, model=None, metric: str = "auto", *, navigation_mask=Non
                n_masked_pixels=int(excluded.sum()) - int(0 if nonfinite is None
                                                          else nonfinite.sum()))
     return (out, model) if return_model else out
+
+
+def _warn_nonfinite(n: int) -> None:
+    if n:
+        warnings.warn(f"{n} spectra contain NaN or infinity: their anomaly score is NaN "
+                      "(recorded in metadata.MLSpec).", UserWarning, stacklevel=3)
+
+
+def _context_map(signal, model, metric, navigation_mask, window, footprints,
+                 return_scales: bool, show_progressbar, return_model: bool):
+    """The spatial-context score (:func:`hyperspy_mlspec.scoring.context.context_scores`)
+    as signals; lazy data are read in overlapping blocks of rows."""
+    if metric not in ("auto", "deviance", "mse"):
+        raise ValueError(f"metric must be one of ('auto', 'deviance', 'mse'), got {metric!r}")
+    user = sio.navigation_mask_array(signal, navigation_mask)
+    nav_shape = tuple(signal.data.shape[: nav_ndim(signal)])
+    excluded = np.zeros(int(np.prod(nav_shape)), dtype=bool) if user is None else user
+    poisson = resolve_metric(metric, None, signal) == "deviance"
+    settings = _context_settings(model, window, footprints, poisson)
+    noise = model.noise_scale if isinstance(model, DualWindowModel) else None
+    if noise is not None and np.size(noise) != signal.axes_manager.signal_axes[0].size:
+        raise ValueError(f"the DualWindowModel was made on spectra of {np.size(noise)} "
+                         f"channels; this signal has {signal.axes_manager.signal_axes[0].size}")
+    data = signal.data
+    if poisson and not sio.is_lazy(signal) and np.nanmin(data, initial=0.0) < 0:
+        raise ValueError("metric='deviance' needs non-negative counts, but the data contain "
+                         "negative values; use metric='mse'.")
+    result = context_scores(data, ~excluded.reshape(nav_shape), settings, noise_scale=noise,
+                            show_progressbar=show_progressbar)
+    score = result.score.reshape(nav_shape)
+    n_nonfinite = int((~np.isfinite(score.ravel()) & ~excluded).sum())
+    _warn_nonfinite(n_nonfinite)
+    title = title_of(signal)
+    out = sio.navigation_image(signal, score, f"Anomaly score of {title}",
+                               QUANTITY["zscore"])
+    fps = [2 * f + 1 for f in settings.footprints]
+    details = dict(method="context", metric="zscore",
+                   noise="poisson" if settings.poisson else "gaussian",
+                   guard=settings.guard, outer=settings.outer, footprints=fps,
+                   widths=list(result.widths),
+                   n_channels=int(signal.axes_manager.signal_axes[0].size),
+                   fitted_on_signal=True, n_nonfinite_pixels=n_nonfinite,
+                   n_masked_pixels=int(excluded.sum()))
+    sio.record(out, "anomaly_map", **details)
+    ref = DualWindowModel(settings, result.noise_scale)
+    extra = []
+    if return_scales:
+        stack = navigation_stack(signal, result.footprints.reshape((-1,) + nav_shape),
+                                 f"Anomaly score per footprint of {title}",
+                                 QUANTITY["zscore"], "footprint", fps, "px")
+        sio.record(stack, "anomaly_map", **details)
+        extra.append(stack)
+    if return_model:
+        extra.append(ref)
+    return (out, *extra) if extra else out
 
 
 _compute_map = anomaly_map  # reachable inside functions whose argument is named anomaly_map
@@ -452,6 +605,10 @@ def anomalies(signal, anomaly_map=None, *, threshold: str = "mad", k: float = 5.
         raise ValueError("anomalies needs a map or a line scan; for a single spectrum use "
                          "anomaly_map(model=...), which returns its score.")
     if anomaly_map is None:
+        if map_params.get("return_scales") or "return_model" in map_params:
+            raise TypeError("return_scales/return_model are anomaly_map options; call "
+                            "anomaly_map(...) and pass its map to anomalies(anomaly_map=...)")
+        map_params.pop("return_scales", None)
         anomaly_map, fitted = _compute_map(signal, model, return_model=True, **map_params)
         model = fitted if model is None else model
     elif map_params:
@@ -463,16 +620,19 @@ def anomalies(signal, anomaly_map=None, *, threshold: str = "mad", k: float = 5.
         raise ValueError(f"anomaly_map has shape {score.shape}, the navigation shape of the "
                          f"signal is {nav_shape} (array order)")
     info = anomaly_record(anomaly_map)
-    if threshold == "pvalue" and info.get("metric", "deviance") != "deviance":
-        raise ValueError("threshold='pvalue' needs a Poisson deviance map (metric='deviance')")
+    metric = info.get("metric", "deviance")
+    if threshold == "pvalue" and metric not in ("deviance", "zscore"):
+        raise ValueError("threshold='pvalue' needs a Poisson deviance map (metric='deviance') "
+                         "or a spatial-context z-score map")
     if not (isinstance(min_size, (int, np.integer)) and min_size >= 1):
         raise ValueError(f"min_size must be a positive integer, got {min_size!r}")
     thr, method = threshold_value(score, threshold, k=k, q=q, alpha=alpha,
                                   n_channels=info.get("n_channels"),
-                                  smoothing=float(info.get("smoothing", 0.0)))
+                                  smoothing=float(info.get("smoothing", 0.0)),
+                                  metric=metric)
     labels = label_regions(score, thr, min_size)
     mask = labels > 0
-    regions = _regions(signal, labels, score, model)
+    regions = _regions(signal, labels, score, model, valid=np.isfinite(score))
     title = title_of(signal)
     mask_sig = sio.navigation_image(signal, mask, f"Anomalous pixels of {title}")
     label_sig = sio.navigation_image(signal, labels, f"Anomalous regions of {title}",
@@ -483,7 +643,8 @@ def anomalies(signal, anomaly_map=None, *, threshold: str = "mad", k: float = 5.
     return AnomalyResult(anomaly_map, mask_sig, float(thr), method, label_sig, regions, model)
 
 
-def _regions(signal, labels: np.ndarray, score: np.ndarray, model) -> list[AnomalyRegion]:
+def _regions(signal, labels: np.ndarray, score: np.ndarray, model,
+             valid: np.ndarray | None = None) -> list[AnomalyRegion]:
     """Per-region statistics, mean spectra and mean residuals (one pass per region)."""
     n_regions = int(labels.max(initial=0))
     if not n_regions:
@@ -497,7 +658,9 @@ def _regions(signal, labels: np.ndarray, score: np.ndarray, model) -> list[Anoma
         idx = np.flatnonzero(flat == lab)
         mean = rows[idx].astype(np.float64).mean(axis=0)
         residual = mean_diff = None
-        if model is not None:
+        if isinstance(model, DualWindowModel):
+            mean_diff = _context_residual(signal, model, labels == lab, valid)
+        elif model is not None:
             region_mask = (flat != lab).reshape(labels.shape)
             t = sio.table_for_model(signal, model, region_mask)
             if t.lazy:  # streamed: only the channel-sized means are computed
@@ -514,9 +677,10 @@ def _regions(signal, labels: np.ndarray, score: np.ndarray, model) -> list[Anoma
             mean, mean_diff = dask.compute(mean, mean_diff)
         mean = np.asarray(mean, np.float64)
         if mean_diff is not None:
+            axis = None if isinstance(model, DualWindowModel) else t.axis
             residual = spectra_signal(signal, np.asarray(mean_diff, np.float64),
-                                       f"Mean residual of anomalous region {lab} ({title})",
-                                       axis=t.axis)
+                                      f"Mean residual of anomalous region {lab} ({title})",
+                                      axis=axis)
         pos = np.unravel_index(idx, labels.shape)
         index = tuple(float(p.mean()) for p in pos)
         out.append(AnomalyRegion(
@@ -527,3 +691,20 @@ def _regions(signal, labels: np.ndarray, score: np.ndarray, model) -> list[Anoma
                                           f"{lab} ({title})"),
             mean_residual=residual))
     return out
+
+
+def _context_residual(signal, model: DualWindowModel, region: np.ndarray,
+                      valid: np.ndarray | None) -> np.ndarray:
+    """Mean of data minus dual-window expected spectra over a region: only the region's
+    bounding box and the context around it are read (computed when lazy)."""
+    nav_shape = region.shape
+    if valid is None:
+        valid = np.ones(nav_shape, dtype=bool)
+    pad = model.settings.outer
+    where = np.nonzero(region)
+    box = tuple(slice(max(0, int(w.min()) - pad), int(w.max()) + pad + 1) for w in where)
+    crop = signal.data[box]
+    crop = np.asarray(crop.compute() if hasattr(crop, "compute") else crop, dtype=np.float64)
+    expected = model.expected(crop, valid[box])
+    diff = (crop - expected)[region[box]]
+    return np.nanmean(diff, axis=0) if diff.size else np.full(crop.shape[-1], np.nan)
