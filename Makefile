@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[tests]"
+	$(PY) -m pip install -q -e ".[tests,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,12 +22,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check hyperspy_mlspec tests benchmarks
 	$(PY) -m pytest -q -n 2 tests
+	# the documentation builds without a warning (API pages are generated from the code)
+	$(PY) -m sphinx -b html -W --keep-going -q docs docs/_build/html
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
 
 docs: $(STAMP)
-	$(PY) -m pip install -q -e ".[docs]"
 	$(PY) -m sphinx -b html -W --keep-going docs docs/_build/html
 
 clean:

@@ -109,8 +109,9 @@ class MLSpecNamespace:
         from hyperspy_mlspec.estimators import AutoencoderDecomposition
 
         s = self._signal
-        if s.axes_manager.navigation_dimension == 0:
-            raise ValueError("decomposition needs several spectra; this signal holds one.")
+        if s.axes_manager.navigation_size < 2:
+            raise ValueError("decomposition needs several spectra; this signal holds one. "
+                             "Decompose a line or a map (or stack spectra with hs.stack).")
         est = AutoencoderDecomposition(n_components=n_components,
                                        show_progressbar=show_progressbar, **estimator_params)
         t = sio.fit_on_signal(est, s, navigation_mask=navigation_mask,
@@ -423,6 +424,9 @@ class MLSpecNamespace:
         >>> phases = s.mlspec.predict(mae)  # doctest: +SKIP
         """
         model = _model(model)
+        if not hasattr(model, "predict"):  # the MAE is a predictor once fit_probe has run
+            raise ValueError(f"{type(model).__name__} has no few-label head yet: call "
+                             "model.fit_probe(signal, labels, navigation_mask=...) first")
         if proba:
             return model.predict_proba(self._signal, navigation_mask=navigation_mask)
         return model.predict(self._signal, navigation_mask=navigation_mask)

@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_one(path: Path, lazy: bool, verbose: bool = False, single_ok: bool = False):
     """Load a single 1-D-signal spectrum image (or spectrum, with ``single_ok``), or raise
     :class:`CLIError`."""
-    from hyperspy_mlspec import signals as signal_io
+    from hyperspy_mlspec import signals
 
     if not path.exists():
         raise CLIError("no such file")
@@ -281,7 +281,7 @@ def _load_one(path: Path, lazy: bool, verbose: bool = False, single_ok: bool = F
     if not verbose:  # HyperSpy logs its own message for unreadable files; ours says it all
         hs_logger.setLevel(logging.CRITICAL)
     try:
-        s = signal_io.load(path, lazy=lazy)
+        s = signals.load(path, lazy=lazy)
     except Exception as exc:  # readers raise many types; the message is what matters
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CLIError(f"cannot read it: {msg}") from None
@@ -290,7 +290,7 @@ def _load_one(path: Path, lazy: bool, verbose: bool = False, single_ok: bool = F
     if isinstance(s, list):
         raise CLIError(f"holds {len(s)} signals; save the spectrum image alone and retry")
     try:
-        signal_io.check_signal(s)
+        signals.check_signal(s)
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     if s.axes_manager.navigation_dimension == 0 and not single_ok:
@@ -303,11 +303,11 @@ def _signal_mask(s, signal_range) -> Any:
     """HyperSpy's signal_mask (True = excluded) for a signal range, or None."""
     import numpy as np
 
-    from hyperspy_mlspec import signals as signal_io
+    from hyperspy_mlspec import signals
 
     if signal_range is None:
         return None
-    channels = signal_io.signal_channels(s, None, signal_range)
+    channels = signals.signal_channels(s, None, signal_range)
     if channels is None:
         return None
     mask = np.ones(s.axes_manager.signal_axes[0].size, dtype=bool)
@@ -329,6 +329,8 @@ def _as_list(values) -> list[float] | None:
 
 
 def _decompose_file(path: Path, out_dir: Path, args: argparse.Namespace) -> dict:
+    import numpy as np
+
     s = _load_one(path, args.lazy, args.verbose)
     k = args.components
     n_channels = s.axes_manager.signal_axes[0].size
@@ -357,6 +359,8 @@ def _decompose_file(path: Path, out_dir: Path, args: argparse.Namespace) -> dict
                 final_val_loss=model.history_[-1]["val_loss"] if model.history_ else None)
         else:
             poisson = _is_nonnegative(s)
+            if not np.issubdtype(s.data.dtype, np.floating):
+                s.change_dtype("float32")  # HyperSpy's SVD needs floats (our own copy)
             s.decomposition(algorithm="SVD", normalize_poissonian_noise=poisson,
                             output_dimension=k, signal_mask=_signal_mask(s, args.signal_range),
                             print_info=False)
@@ -533,13 +537,13 @@ def _training_rows(args: argparse.Namespace):
     cannot be used or the files do not share the signal axis."""
     import numpy as np
 
-    from hyperspy_mlspec import signals as signal_io
+    from hyperspy_mlspec import signals
 
     tables = []
     for path in (Path(f) for f in args.files):
         try:
             s = _load_one(path, args.lazy, args.verbose)
-            t = signal_io.table(s, signal_range=args.signal_range)
+            t = signals.table(s, signal_range=args.signal_range)
         except CLIError as exc:
             raise CLIError(f"{path}: {exc}") from None
         except (ValueError, TypeError) as exc:

@@ -317,3 +317,18 @@ def test_anomaly_files_written(files, tmp_path):
     score = hs.load(out / "second_anomaly_map.hspy")
     assert score.data.shape == (8, 8) and np.isfinite(score.data).all()
     assert (out / "second_anomaly_map.png").stat().st_size > 1000
+
+
+def test_batch_logs_get_one_progress_line_per_fit(files, tmp_path, capsys):
+    """In a script or CI the output is no terminal: a bar would write a line per refresh
+    (hundreds per fit); the log gets one summary line per fit instead."""
+    hs.preferences.General.show_progressbar = True  # what a user has by default
+    rc = main(["decompose", str(files["first"]), str(files["second"]), "--method", "ae",
+               "--components", "2", "--epochs", "30", "--seed", "0",
+               "--out", str(tmp_path / "res")])
+    assert rc == 0
+    err = capsys.readouterr().err.splitlines()
+    progress = [line for line in err if "epoch in" in line]
+    assert len(progress) == 2, err
+    assert all(line.startswith("AutoencoderDecomposition: ") and "loss=" in line
+               for line in progress)

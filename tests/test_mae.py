@@ -469,8 +469,11 @@ def test_label_problems_are_refused(fitted, eels):
     mask[0, :10] = False
     with pytest.raises(ValueError, match="selects 10 of the 576 pixels"):
         fitted.fit_probe(s, np.zeros(12), navigation_mask=mask)
-    with pytest.raises(ValueError, match="fit_probe"):
+    with pytest.raises(AttributeError, match="has no attribute 'predict'") as info:
         tiny(epochs=1).fit(X[:40]).predict(X[:3])
+    assert "call fit_probe(X, y) first" in str(info.value.__cause__)
+    with pytest.raises(ValueError, match="no few-label head yet: call model.fit_probe"):
+        s.mlspec.predict(tiny(epochs=1).fit(X[:40]))
     with pytest.raises(ValueError, match="C must be a positive number or 'auto'"):
         fitted.fit_probe(X[:50], np.arange(50) % 2, C=0)
 

@@ -149,16 +149,31 @@ def array_table(X: Any, name: str = "X") -> SpectraTable:
     8
     """
     lazy = is_dask(X)
-    if not lazy:
-        X = np.asarray(X)
-    if X.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array of spectra (n_spectra, n_channels), "
-                         f"got shape {X.shape}")
-    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool) or np.issubdtype(
-            X.dtype, np.complexfloating):
-        raise ValueError(f"{name}: expected real numbers, got dtype {X.dtype}")
+    if lazy:
+        if X.ndim != 2:
+            raise ValueError(f"{name}: expected a 2-D array of spectra (n_spectra, "
+                             f"n_channels), got shape {X.shape}")
+        if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype,
+                                                                 np.complexfloating):
+            raise ValueError(f"{name}: expected real numbers, got dtype {X.dtype}")
+    else:
+        from sklearn.utils import check_array
+
+        # scikit-learn's checks and messages (sparse, complex, object, empty); NaN/inf are
+        # the estimators' business (their messages say how to mask pixels)
+        X = check_array(X, dtype="numeric", ensure_all_finite=False,
+                        input_name=name if name != "X" else "X")
     axis = AxisInfo("channel", None, np.arange(X.shape[1], dtype=np.float64))
     return SpectraTable(X, None, (int(X.shape[0]),), None, axis, lazy, name=name)
+
+
+def _array_like(obj: Any) -> bool:
+    import scipy.sparse
+
+    if isinstance(obj, (list, tuple)):  # nested numbers, not a list of signals or paths
+        return bool(obj) and isinstance(obj[0], (list, tuple, int, float, np.number))
+    return isinstance(obj, np.ndarray) or scipy.sparse.issparse(obj) or (
+        hasattr(obj, "__array__") and not hasattr(obj, "axes_manager"))
 
 
 # -- adapters: how the layer above turns its objects into tables ---------------------------
@@ -181,7 +196,7 @@ def as_tables(obj: Any, name: str = "X", navigation_mask: Any = None) -> list[Sp
     """Tables of ``obj``: a table as it is, a 2-D numpy/dask array, or anything a registered
     adapter reads (HyperSpy signals, file paths and globs once ``hyperspy_mlspec`` is
     imported). ``navigation_mask`` (True = excluded) applies to signals only."""
-    if isinstance(obj, SpectraTable) or is_dask(obj) or isinstance(obj, np.ndarray):
+    if isinstance(obj, SpectraTable) or is_dask(obj) or _array_like(obj):
         if navigation_mask is not None:
             raise ValueError(f"{name}: navigation_mask applies to signals; index the array "
                              "instead")

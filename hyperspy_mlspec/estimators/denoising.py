@@ -303,9 +303,13 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
 
     # -- engine hooks -----------------------------------------------------------------------
     def _sizes(self, n_features: int) -> dict:
+        if n_features < 2:
+            raise ValueError(f"{n_features} feature(s): denoising learns each channel from "
+                             "the others (or from its split counts across channels), so at "
+                             "least 2 channels are needed.")
         k = self.n_latent
         if k == "auto":
-            k = 8
+            k = min(8, n_features)  # a bottleneck, not wider than the spectrum
         if not (isinstance(k, numbers.Integral) and 1 <= k <= n_features):
             raise ValueError(f"n_latent must be 'auto' or an integer between 1 and the number "
                              f"of channels ({n_features}), got {self.n_latent!r}")
@@ -502,4 +506,5 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.random_state is None
+        tags.transformer_tags.preserves_dtype = ["float32"]  # float32 throughout
         return tags
