@@ -104,7 +104,7 @@ def pca_baseline(s, k: int, truth) -> dict:
     w = np.sqrt(x.sum(1, keepdims=True) * x.sum(0, keepdims=True) / x.sum())
     r = (x - model) / np.where(w > 0, w, 1.0)
     y = truth.rare_mask.ravel()
-    from hyperspy_mlspec.anomaly import smoothed_mean_square
+    from hyperspy_mlspec.scoring import smoothed_mean_square
 
     out["auroc"] = roc_auc_score(y, smoothed_mean_square(r, 0))
     out["auroc_smoothed"] = roc_auc_score(y, smoothed_mean_square(r, SMOOTHING))

@@ -145,7 +145,7 @@ def run(shape: tuple[int, int], n_channels: int, n_ipca: int) -> dict:
     from sklearn.decomposition import IncrementalPCA
 
     from hyperspy_mlspec import AutoencoderDecomposition, StreamingMonitor
-    from hyperspy_mlspec.anomaly import _row_scores
+    from hyperspy_mlspec.scoring.scores import row_scores as _row_scores
     from hyperspy_mlspec.streaming.inference import infer
 
     threads = torch.get_num_threads()

@@ -266,7 +266,7 @@ def fig_spatial() -> None:
 def fig_anomaly() -> None:
     """EDS map with a rare Cu-rich phase: anomaly map, detected regions, region spectrum;
     then the latent phase map and the 2-D embedding from the same model."""
-    from hyperspy_mlspec.anomaly import plot_embedding
+    from hyperspy_mlspec import plot_embedding
     from hyperspy_mlspec.data import eds_map
 
     s, truth = eds_map((64, 64), n_channels=128, dose=20, rare_phase=True,

@@ -16,7 +16,6 @@ from hyperspy_mlspec import (
 )
 from hyperspy_mlspec._version import __version__  # noqa: E402
 from hyperspy_mlspec.accessor import MLSpecNamespace, register  # noqa: E402
-from hyperspy_mlspec.anomaly import AnomalyResult, ClusterResult, plot_embedding  # noqa: E402
 from hyperspy_mlspec.estimators import (  # noqa: E402
     AutoencoderDecomposition,
     DenoisingAutoencoder,
@@ -24,6 +23,8 @@ from hyperspy_mlspec.estimators import (  # noqa: E402
 )
 from hyperspy_mlspec.persistence import load_model  # noqa: E402
 from hyperspy_mlspec.streaming import StreamingMonitor  # noqa: E402
+from hyperspy_mlspec.workflows.anomaly import AnomalyResult  # noqa: E402
+from hyperspy_mlspec.workflows.latent import ClusterResult, plot_embedding  # noqa: E402
 
 register()
 

@@ -319,34 +319,44 @@ class MLSpecNamespace:
                                      return_uncertainty=return_uncertainty)
 
     # -- anomalies, latent phase maps -------------------------------------------------------
-    def anomaly_map(self, model=None, metric: str = "auto", *, navigation_mask=None,
-                    n_components: int = 4, robust: float = 0.05, smoothing: float = 0.0,
+    def anomaly_map(self, model=None, metric: str = "auto", *, method: str = "auto",
+                    navigation_mask=None, window: tuple[int, int] | None = None,
+                    footprints=None, return_scales: bool = False, n_components: int = 4,
+                    robust: float = 0.05, smoothing: float = 0.0,
                     show_progressbar: bool | None = None, return_model: bool = False,
                     **estimator_params: Any):
-        """Per-pixel reconstruction error: a map of what the model cannot explain.
+        """Per-pixel anomaly score: what the pixel's surroundings (or a model) do not
+        explain.
 
-        Poisson deviance per channel for counts (bright pixels are not flagged for being
-        bright), mean squared error otherwise. With no ``model`` a small autoencoder is
-        fitted on the signal, then refitted without its worst-explained ``robust``
-        fraction of pixels so that rare phases are not learned. See
-        :func:`hyperspy_mlspec.anomaly.anomaly_map` for all parameters.
+        By default (maps and line scans) each pixel's expected spectrum is fitted on the
+        ring of pixels around it, never on itself (``window=(guard, outer)`` radii), and
+        the residual is scored at several energy scales and spatial footprints (the pixel
+        alone, its 3x3 neighbourhood): a robust z-score, about standard normal where
+        nothing is unusual. ``return_scales=True`` also returns the per-footprint maps.
+        With a ``model`` the score is its per-pixel reconstruction error (Poisson deviance
+        per channel for counts, MSE otherwise); ``method="autoencoder"`` fits a small
+        trimmed autoencoder on the map for that. See
+        :func:`hyperspy_mlspec.workflows.anomaly.anomaly_map` for all parameters.
 
         Returns
         -------
         Signal2D, Signal1D or float
             Navigation-shaped score (NaN where excluded or non-finite), a float for a single
-            spectrum; ``(score, model)`` with ``return_model``.
+            spectrum scored by a model; followed by the per-footprint maps
+            (``return_scales``) and the model (``return_model``).
 
         Examples
         --------
         >>> import hyperspy_mlspec
         >>> s = hyperspy_mlspec.data.eds_map((16, 16), n_channels=128, rare_phase=True)
-        >>> score = s.mlspec.anomaly_map(epochs=5, show_progressbar=False)
+        >>> score = s.mlspec.anomaly_map(show_progressbar=False)
         >>> s.plot(navigator=score)  # doctest: +SKIP
         """
-        from hyperspy_mlspec.anomaly import anomaly_map
+        from hyperspy_mlspec.workflows.anomaly import anomaly_map
 
-        return anomaly_map(self._signal, model, metric, navigation_mask=navigation_mask,
+        return anomaly_map(self._signal, model, metric, method=method,
+                           navigation_mask=navigation_mask, window=window,
+                           footprints=footprints, return_scales=return_scales,
                            n_components=n_components, robust=robust, smoothing=smoothing,
                            show_progressbar=show_progressbar, return_model=return_model,
                            **estimator_params)
@@ -357,8 +367,9 @@ class MLSpecNamespace:
         """Anomalous pixels, their connected regions and the regions' mean spectra.
 
         Thresholds: ``"mad"`` (median + ``k`` robust standard deviations), ``"quantile"``
-        (``q``) or ``"pvalue"`` (chi-squared test of the Poisson deviance at ``alpha``).
-        See :func:`hyperspy_mlspec.anomaly.anomalies`.
+        (``q``) or ``"pvalue"`` (normal tail of the z-score, or chi-squared test of the
+        Poisson deviance of a model, at ``alpha``).
+        See :func:`hyperspy_mlspec.workflows.anomaly.anomalies`.
 
         Returns
         -------
@@ -374,7 +385,7 @@ class MLSpecNamespace:
         >>> found = s.mlspec.anomalies(epochs=20, show_progressbar=False)
         >>> found.regions[0].mean_spectrum.plot()  # doctest: +SKIP
         """
-        from hyperspy_mlspec.anomaly import anomalies
+        from hyperspy_mlspec.workflows.anomaly import anomalies
 
         return anomalies(self._signal, anomaly_map, threshold=threshold, k=k, q=q,
                          alpha=alpha, min_size=min_size, model=model, **map_params)
@@ -388,7 +399,8 @@ class MLSpecNamespace:
 
         HyperSpy's own clustering takes the same codes:
         ``s.cluster_analysis(cluster_source=s.mlspec.encode(model), source_for_centers=s,
-        preprocessing="norm", n_clusters=3)``. See :func:`hyperspy_mlspec.anomaly.cluster`.
+        preprocessing="norm", n_clusters=3)``.
+        See :func:`hyperspy_mlspec.workflows.latent.cluster`.
 
         Returns
         -------
@@ -403,7 +415,7 @@ class MLSpecNamespace:
         >>> phases = s.mlspec.cluster(n_clusters=3, epochs=5, show_progressbar=False)
         >>> phases.centers.plot()  # doctest: +SKIP
         """
-        from hyperspy_mlspec.anomaly import cluster
+        from hyperspy_mlspec.workflows.latent import cluster
 
         return cluster(self._signal, model, n_clusters, method, normalize=normalize,
                        navigation_mask=navigation_mask, n_components=n_components,
@@ -416,9 +428,9 @@ class MLSpecNamespace:
                      **estimator_params: Any):
         """2-D embedding (PCA, or UMAP with ``umap-learn``) of the latent codes.
 
-        ``color_by`` (a :class:`~hyperspy_mlspec.anomaly.ClusterResult` or labels) draws a
-        scatter plot right away; :func:`hyperspy_mlspec.anomaly.plot_embedding` draws one
-        later. See :func:`hyperspy_mlspec.anomaly.embedding_2d`.
+        ``color_by`` (a :class:`~hyperspy_mlspec.ClusterResult` or labels) draws a
+        scatter plot right away; :func:`hyperspy_mlspec.plot_embedding` draws one
+        later. See :func:`hyperspy_mlspec.workflows.latent.embedding_2d`.
 
         Returns
         -------
@@ -433,7 +445,7 @@ class MLSpecNamespace:
         >>> emb.data.shape
         (16, 16, 2)
         """
-        from hyperspy_mlspec.anomaly import embedding_2d
+        from hyperspy_mlspec.workflows.latent import embedding_2d
 
         return embedding_2d(self._signal, model, method, color_by, normalize=normalize,
                             navigation_mask=navigation_mask, n_components=n_components,

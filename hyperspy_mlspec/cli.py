@@ -460,7 +460,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
 
 def _cmd_anomaly(args: argparse.Namespace) -> int:
-    from hyperspy_mlspec.anomaly import anomaly_files
+    from hyperspy_mlspec.workflows.batch import anomaly_files
 
     params = {} if args.seed is None else {"random_state": args.seed}
     return _run_files("anomaly maps in", lambda p: anomaly_files(

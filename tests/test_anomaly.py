@@ -13,10 +13,12 @@ from sklearn.metrics import adjusted_rand_score, roc_auc_score
 
 import hyperspy_mlspec
 from hyperspy_mlspec import anomaly as A
+from hyperspy_mlspec.scoring.scores import row_scores
+from hyperspy_mlspec.workflows._common import anomaly_record
 
 SHAPE = (24, 24)
 N_CHANNELS = 128
-FIT = dict(epochs=30, show_progressbar=False)
+FIT = dict(method="autoencoder", epochs=30, show_progressbar=False)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,8 @@ def eds():
 
 @pytest.fixture(scope="module")
 def fitted(eds):
-    """Anomaly map and model fitted once on the map itself (defaults, short training)."""
+    """Per-pixel anomaly map and autoencoder fitted once on the map itself (trimmed fit,
+    short training)."""
     s, _ = eds
     before = s.data.copy()
     score, model = s.mlspec.anomaly_map(return_model=True, **FIT)
@@ -61,7 +64,7 @@ def test_map_axes_title_and_metadata(eds, fitted):
             nav_ax.name, nav_ax.units, nav_ax.scale, nav_ax.offset)
     assert score.metadata.General.title == f"Anomaly score of {s.metadata.General.title}"
     assert score.metadata.Signal.quantity == "Poisson deviance per channel"
-    record = A._anomaly_record(score)
+    record = anomaly_record(score)
     assert record["metric"] == "deviance"
     assert record["n_channels"] == N_CHANNELS
     assert record["n_nonfinite_pixels"] == 0
@@ -80,7 +83,7 @@ def test_given_model_reproduces_map(eds, fitted):
     score, model = fitted
     again = s.mlspec.anomaly_map(model)
     np.testing.assert_allclose(again.data, score.data, rtol=1e-5)
-    assert A._anomaly_record(again)["fitted_on_signal"] is False
+    assert anomaly_record(again)["fitted_on_signal"] is False
     with pytest.raises(TypeError, match="only used when no model"):
         s.mlspec.anomaly_map(model, epochs=3)
 
@@ -91,8 +94,9 @@ def test_single_spectrum_gives_float(eds, fitted):
     value = s.inav[3, 4].mlspec.anomaly_map(model)
     assert isinstance(value, float)
     assert value == pytest.approx(score.data[4, 3], rel=1e-5)
-    with pytest.raises(ValueError, match="single spectrum"):
-        s.inav[3, 4].mlspec.anomaly_map()
+    for method in ("auto", "context", "autoencoder"):
+        with pytest.raises(ValueError, match="single spectrum"):
+            s.inav[3, 4].mlspec.anomaly_map(method=method)
 
 
 def test_line_scan_gives_profile(eds, fitted):
@@ -116,7 +120,7 @@ def test_nan_pixel_scored_nan_and_flagged(eds, fitted):
     others = np.ones(SHAPE, dtype=bool)
     others[2, 3] = False
     np.testing.assert_allclose(out.data[others], score.data[others], rtol=1e-5)
-    assert A._anomaly_record(out)["n_nonfinite_pixels"] == 1
+    assert anomaly_record(out)["n_nonfinite_pixels"] == 1
     # lazy: NaN propagates through the model to the same map
     with pytest.warns(UserWarning, match="NaN or infinity"):
         lazy_out = bad.as_lazy().mlspec.anomaly_map(model)
@@ -128,7 +132,7 @@ def test_nan_pixel_when_fitting(eds):
     bad = s.deepcopy()
     bad.data[0, 0, :] = np.inf
     with pytest.warns(UserWarning, match="NaN or infinity"):
-        out = bad.mlspec.anomaly_map(epochs=4, show_progressbar=False)
+        out = bad.mlspec.anomaly_map(method="autoencoder", epochs=4, show_progressbar=False)
     assert np.isnan(out.data[0, 0])
     assert np.isfinite(out.data).sum() == out.data.size - 1
 
@@ -185,7 +189,7 @@ def test_mse_metric_and_negative_data(eds, fitted):
     with pytest.raises(ValueError, match="metric must be"):
         s.mlspec.anomaly_map(model, metric="chi2")
     with pytest.raises(ValueError, match="non-negative"):
-        A._row_scores(np.array([[-1.0, 2.0]]), np.ones((1, 2)), "deviance")
+        row_scores(np.array([[-1.0, 2.0]]), np.ones((1, 2)), "deviance")
 
 
 def test_score_statistics_are_calibrated():
@@ -195,7 +199,7 @@ def test_score_statistics_are_calibrated():
     mu = np.full((4000, 128), 50.0)
     x = rng.poisson(mu).astype(float)
     for smoothing in (0.0, 2.0):
-        score = A._row_scores(x, mu, "deviance", smoothing)
+        score = row_scores(x, mu, "deviance", smoothing)
         assert score.mean() == pytest.approx(1.0, abs=0.03)
         thr, _ = A.threshold_value(score, "pvalue", alpha=0.05, n_channels=128,
                                    smoothing=smoothing)

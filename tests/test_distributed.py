@@ -87,7 +87,7 @@ def test_mae_embedding_and_probe_on_cluster_equal_local(client, data):
 def test_anomaly_map_with_fitting_runs_on_cluster(client, data):
     s, lazy, _, _ = data
     with on(client):
-        score = lazy.mlspec.anomaly_map(epochs=3)
+        score = lazy.mlspec.anomaly_map(method="autoencoder", epochs=3)
     assert not score._lazy and np.isfinite(score.data).all()
     assert score.data.shape == (8, 10)
 

@@ -124,7 +124,7 @@ def test_lazy_fits_stream_chunks_and_match_eager_quality(data):
         ae = lazy.mlspec.decomposition(3, epochs=15, random_state=0)
         den = lazy.mlspec.denoise(epochs=10, random_state=0)
         den_data = den.data.compute()
-        score = lazy.mlspec.anomaly_map(epochs=5)
+        score = lazy.mlspec.anomaly_map(method="autoencoder", epochs=5)
     bounded(backend, monitor, s.data.shape[-1])
     assert den._lazy and not score._lazy
     assert lazy.learning_results.loadings.shape == (120, 3)

@@ -112,7 +112,8 @@ MUST_WORK = {"plain_uncalibrated", "eels_float32", "eds_tem", "eds_sem", "uint8"
 # where a method has nothing to learn from, refusing is right (clearly, see _clear)
 MAY_REFUSE = {("map_1x2", "cluster"), ("map_1x2", "embedding_2d"),
               # connected regions and spatial smoothing are defined on lines and maps
-              ("navigation_3d", "anomaly_map"), ("navigation_3d", "cluster"),
+              ("navigation_3d", "anomaly_map"), ("navigation_3d", "anomaly_autoencoder"),
+              ("navigation_3d", "cluster"),
               ("navigation_3d", "embedding_2d")}
 
 
@@ -175,7 +176,14 @@ def run_denoise(s, tmp_path):
 
 
 def run_anomaly_map(s, tmp_path):
-    score = s.mlspec.anomaly_map(**TINY)
+    _check_score(s.mlspec.anomaly_map(show_progressbar=False), s)  # spatial context
+
+
+def run_anomaly_autoencoder(s, tmp_path):
+    _check_score(s.mlspec.anomaly_map(method="autoencoder", **TINY), s)
+
+
+def _check_score(score, s):
     if s.axes_manager.navigation_dimension == 0:
         assert np.isfinite(float(score))
         return
@@ -213,7 +221,8 @@ def run_embed(s, tmp_path, mae):
 
 
 METHODS = {"decomposition": run_decomposition, "denoise": run_denoise,
-           "anomaly_map": run_anomaly_map, "cluster": run_cluster,
+           "anomaly_map": run_anomaly_map, "anomaly_autoencoder": run_anomaly_autoencoder,
+           "cluster": run_cluster,
            "embedding_2d": run_embedding_2d, "embed": run_embed}
 
 

@@ -77,7 +77,7 @@ def infer(model, x: np.ndarray, batch_size: int,
     """Latent codes (None for models without) and reconstruction of float32 rows.
 
     ``reconstruct(model, x)`` is used for models that are not the package's (e.g.
-    :func:`hyperspy_mlspec.anomaly._reconstruct`); None: ``model.reconstruct`` or
+    :func:`hyperspy_mlspec.scoring.scores.reconstruct`); None: ``model.reconstruct`` or
     ``inverse_transform(transform(x))``.
 
     Examples

@@ -55,13 +55,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from hyperspy_mlspec import signals as sio
-from hyperspy_mlspec.anomaly import (
-    _QUANTITY,
-    _SCORE_VALUES,
-    _blocked_row_scores,
-    _reconstruct,
-)
 from hyperspy_mlspec.arrays.axis import AxisInfo, alignment
+from hyperspy_mlspec.scoring.scores import QUANTITY as _QUANTITY
+from hyperspy_mlspec.scoring.scores import SCORE_VALUES as _SCORE_VALUES
+from hyperspy_mlspec.scoring.scores import blocked_row_scores as _blocked_row_scores
+from hyperspy_mlspec.scoring.scores import reconstruct as _reconstruct
 from hyperspy_mlspec.streaming.finetune import TuningBuffer, fine_tuned
 from hyperspy_mlspec.streaming.inference import infer, threads, torch_threads
 from hyperspy_mlspec.streaming.pca import StreamingPCA
