@@ -618,6 +618,27 @@ def _chunks_at_least(chunks: tuple[int, ...], size: int, depth: int) -> tuple[in
     return tuple(int(s) for s in np.diff(np.linspace(0, size, n_blocks + 1).round()))
 
 
+def _with_halos(x, depths: tuple[int, int], fill):
+    """``x`` with halos of ``depths`` on the two navigation axes, the map edges padded with
+    ``fill``. An axis held in one chunk is padded directly (dask's overlap refuses a depth
+    larger than the axis, e.g. on a map one or two pixels wide); others overlap."""
+    import dask.array as da
+
+    overlap, pad = {2: 0}, [(0, 0)] * x.ndim
+    for axis, d in enumerate(depths):
+        if len(x.chunks[axis]) == 1:
+            overlap[axis], pad[axis] = 0, (d, d)
+        else:
+            overlap[axis] = d
+    if any(p != (0, 0) for p in pad):
+        x = da.pad(x, pad, mode="constant", constant_values=fill)
+        x = x.rechunk({a: -1 for a in (0, 1) if pad[a] != (0, 0)})  # one block again
+    if any(overlap[a] for a in (0, 1)):
+        x = da.overlap.overlap(x, depth=overlap,
+                               boundary={0: fill, 1: fill, 2: "none"})
+    return x
+
+
 def _context_scores_dask(cube, valid, settings: ContextSettings,
                          noise_scale) -> ContextScores:
     """The same two passes over a dask array, block by block with overlapping halos on
@@ -646,10 +667,8 @@ def _context_scores_dask(cube, valid, settings: ContextSettings,
     dx = depth
     # halos: the data (and validity) of the context pixels travel with each block; the
     # map edges are padded with invalid pixels
-    cube_h = da.overlap.overlap(cube.astype(np.float32), depth={0: dy, 1: dx, 2: 0},
-                                boundary={0: 0, 1: 0, 2: "none"})
-    valid_h = da.overlap.overlap(valid_arr[..., None], depth={0: dy, 1: dx, 2: 0},
-                                 boundary={0: False, 1: False, 2: "none"})
+    cube_h = _with_halos(cube.astype(np.float32), (dy, dx), 0)
+    valid_h = _with_halos(valid_arr[..., None], (dy, dx), False)
 
     def block_power(c, v):
         res, _ = context_residuals(c, v[..., 0], settings, slice(dy, c.shape[0] - dy))
