@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from hyperspy_mlspec import signals as sio
+from hyperspy_mlspec._docs import N_COMPONENTS, fill
 
 
 class _Prefitted:
@@ -74,8 +75,9 @@ class MLSpecNamespace:
         return f"<MLSpecNamespace of {self._signal!r}>"
 
     # -- decomposition ----------------------------------------------------------------------
-    def decomposition(self, n_components: int = 4, *, navigation_mask=None, signal_mask=None,
-                      signal_range=None, show_progressbar: bool | None = None,
+    @fill
+    def decomposition(self, n_components: int = N_COMPONENTS, *, navigation_mask=None,
+                      signal_mask=None, signal_range=None, show_progressbar: bool | None = None,
                       print_info: bool = False, **estimator_params: Any):
         """Autoencoder decomposition, stored in ``s.learning_results`` like HyperSpy's own.
 
@@ -88,14 +90,10 @@ class MLSpecNamespace:
         ----------
         n_components
             Latent dimensions.
-        navigation_mask
-            Boolean array (array order) or signal; True excludes a pixel from fitting.
-        signal_mask
-            Boolean array over channels; True excludes a channel.
-        signal_range
-            ``(start, end)`` in axis units, or strings/pint quantities such as ``"0.6 keV"``.
-        show_progressbar
-            None follows ``hs.preferences.General.show_progressbar``.
+        %NAVIGATION_MASK_FIT%
+        %SIGNAL_MASK%
+        %SIGNAL_RANGE%
+        %SHOW_PROGRESSBAR%
         print_info
             Passed to HyperSpy's ``decomposition``.
         **estimator_params
@@ -184,6 +182,7 @@ class MLSpecNamespace:
         return out
 
     # -- denoising --------------------------------------------------------------------------
+    @fill
     def denoise(self, model=None, noise: str = "poisson-split", *, spatial="auto",
                 align="auto", navigation_mask=None, signal_range=None,
                 return_residuals: bool = False, residual_statistics: bool = False,
@@ -243,8 +242,7 @@ class MLSpecNamespace:
         return_shift
             Also return the energy-shift map (spatial route; zeros when no alignment was
             needed), as :meth:`estimate_shift` returns it.
-        show_progressbar
-            None follows ``hs.preferences.General.show_progressbar``.
+        %SHOW_PROGRESSBAR%
         **estimator_params
             Parameters of the :class:`~hyperspy_mlspec.spatial.SpatialDenoiser` (spatial
             route) or of the :class:`~hyperspy_mlspec.DenoisingAutoencoder` (fitting,
@@ -321,7 +319,8 @@ class MLSpecNamespace:
     # -- anomalies, latent phase maps -------------------------------------------------------
     def anomaly_map(self, model=None, metric: str = "auto", *, method: str = "auto",
                     navigation_mask=None, window: tuple[int, int] | None = None,
-                    footprints=None, return_scales: bool = False, n_components: int = 4,
+                    footprints=None, return_scales: bool = False,
+                    n_components: int = N_COMPONENTS,
                     robust: float = 0.05, smoothing: float = 0.0,
                     show_progressbar: bool | None = None, return_model: bool = False,
                     **estimator_params: Any):

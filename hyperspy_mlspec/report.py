@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from hyperspy_mlspec._docs import N_COMPONENTS
+
 __all__ = ["DemoConfig", "MethodResult", "reconstruction_errors", "run_demo"]
 
 #: Smallest expected count used as Poisson variance (avoids dividing by ~0).
@@ -66,7 +68,7 @@ class DemoConfig:
     navigation_shape: tuple[int, int] = (64, 64)
     n_channels: int = 512
     dose: float = 20.0
-    n_components: int = 4
+    n_components: int = N_COMPONENTS
     epochs: int | str = "auto"
     drift: float = 0.3
     seed: int = 0

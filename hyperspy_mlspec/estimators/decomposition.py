@@ -7,6 +7,7 @@ import torch
 from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from hyperspy_mlspec._docs import N_COMPONENTS
 from hyperspy_mlspec.engine.losses import gaussian_loss, poisson_deviance, poisson_deviance_exp
 from hyperspy_mlspec.engine.sampling import binomial_half
 from hyperspy_mlspec.engine.sources import RowSource
@@ -109,7 +110,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
     ((200, 2), (2, 32))
     """
 
-    def __init__(self, n_components: int = 4, *, encoder: str = "dense",
+    def __init__(self, n_components: int = N_COMPONENTS, *, encoder: str = "dense",
                  decoder: str = "nonlinear", variational: bool = False, loss: str = "auto",
                  normalization: str = "auto", epochs: int | str = "auto",
                  batch_size: int | str = "auto", learning_rate: float = 5e-3,

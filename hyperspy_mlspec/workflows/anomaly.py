@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from hyperspy_mlspec import signals as sio
+from hyperspy_mlspec._docs import N_COMPONENTS, fill
 from hyperspy_mlspec.arrays import SpectraTable
 from hyperspy_mlspec.scoring.context import ContextSettings, DualWindowModel, context_scores
 from hyperspy_mlspec.scoring.regions import label_regions
@@ -229,10 +230,12 @@ def _resolve_method(method: str, model, signal, estimator_params: dict) -> str:
     return method
 
 
+@fill
 def anomaly_map(signal, model=None, metric: str = "auto", *, method: str = "auto",
                 navigation_mask=None, window: tuple[int, int] | None = None,
                 footprints: Sequence[int] | None = None, return_scales: bool = False,
-                n_components: int = 4, robust: float = 0.05, smoothing: float = 0.0,
+                n_components: int = N_COMPONENTS, robust: float = 0.05,
+                smoothing: float = 0.0,
                 show_progressbar: bool | None = None, return_model: bool = False,
                 **estimator_params: Any):
     """Per-pixel anomaly score of a spectrum image: what the map's context, or a model,
@@ -292,8 +295,7 @@ def anomaly_map(signal, model=None, metric: str = "auto", *, method: str = "auto
         along the signal axis before squaring (0: plain deviance/MSE); the ``"pvalue"``
         threshold of :func:`anomalies` accounts for it. The context score has its own
         energy scales and refuses it.
-    show_progressbar
-        None follows ``hs.preferences.General.show_progressbar``.
+    %SHOW_PROGRESSBAR%
     return_model
         Also return the model used: the fitted autoencoder, the given model, or the
         :class:`~hyperspy_mlspec.scoring.context.DualWindowModel` of the context score.
