@@ -22,7 +22,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash .ci/browser.sh
 	$(PY) -m ruff check hyperspy_mlspec tests benchmarks
-	$(PY) -m pytest -q -n 2 tests
+	# the tests, and every example in the docstrings (they are the documentation)
+	$(PY) -m pytest -q -n 2 tests --doctest-modules hyperspy_mlspec
 	# the documentation builds without a warning (API pages are generated from the code)
 	$(PY) -m sphinx -b html -W --keep-going -q docs docs/_build/html
 

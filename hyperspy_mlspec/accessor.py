@@ -381,7 +381,7 @@ class MLSpecNamespace:
         >>> import hyperspy_mlspec
         >>> s = hyperspy_mlspec.data.eds_map((24, 24), n_channels=128, rare_phase=True,
         ...                                  rare_fraction=0.01)
-        >>> found = s.mlspec.anomalies(epochs=20, show_progressbar=False)
+        >>> found = s.mlspec.anomalies(show_progressbar=False)
         >>> found.regions[0].mean_spectrum.plot()  # doctest: +SKIP
         """
         from hyperspy_mlspec.workflows.anomaly import anomalies

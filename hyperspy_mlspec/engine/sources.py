@@ -102,7 +102,7 @@ class InMemoryRows:
         >>> import numpy as np
         >>> rows = ArraySource(np.ones((10, 4)), validation_fraction=0.2).in_memory()
         >>> [b.shape[0] for b in rows.batches(4, "train")]
-        [4, 4]
+        [4, 3]
         """
         index = (torch.arange(self.data.shape[0], device=self.data.device) if split == "all"
                  else self.train_index if split == "train" else self.val_index)

@@ -601,7 +601,7 @@ def anomalies(signal, anomaly_map=None, *, threshold: str = "mad", k: float = 5.
     >>> import hyperspy_mlspec
     >>> s = hyperspy_mlspec.data.eds_map((24, 24), n_channels=128, rare_phase=True,
     ...                                  rare_fraction=0.01)
-    >>> found = s.mlspec.anomalies(epochs=20, show_progressbar=False)
+    >>> found = s.mlspec.anomalies(show_progressbar=False)
     >>> found.regions[0].mean_spectrum.plot()  # doctest: +SKIP
     """
     sio.check_signal(signal)
