@@ -116,19 +116,24 @@ class LogProgress:
             print(self._line(True), file=self.stream, flush=True)
 
 
+def in_kernel() -> bool:
+    """True inside a Jupyter kernel (widgets and notebook bars render there)."""
+    if "ipykernel" not in sys.modules:
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - ipykernel always brings IPython
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
 def interactive_output(stream=None) -> bool:
     """True when progress goes to a terminal or a Jupyter kernel (where a bar redraws in
     place), False for a pipe or a file (batch scripts, CI logs)."""
     stream = stream if stream is not None else sys.stderr
-    if "ipykernel" in sys.modules:
-        try:
-            from IPython import get_ipython
-
-            shell = get_ipython()
-            if shell is not None and getattr(shell, "kernel", None) is not None:
-                return True
-        except ImportError:  # pragma: no cover - ipykernel always brings IPython
-            pass
+    if in_kernel():
+        return True
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
 

@@ -50,15 +50,6 @@ def _display_or_return(widget, wdict: dict, display: bool):
     return {"widget": widget, "wdict": wdict}
 
 
-def _in_kernel() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
-
-
 def _dispatcher():
     """Run callables on the event loop of the calling thread (the kernel's), or None.
 

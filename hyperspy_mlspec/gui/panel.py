@@ -222,9 +222,9 @@ class MLSpecPanel(t.HasTraits):
         # (the value of the cell) must not draw a second copy or a line of text under it
         if self.displayed:
             return
-        from hyperspy_mlspec.gui.ipywidgets_ui import _in_kernel
+        from hyperspy_mlspec.engine.progress import in_kernel
 
-        if _in_kernel():
+        if in_kernel():
             self.gui(display=True, toolkit="ipywidgets")
         else:
             print(repr(self))
