@@ -68,14 +68,22 @@ class ClusterResult:
         Cluster-mean spectra of the data: navigation axis ``"cluster"`` plus the signal
         axis, same class and metadata as the data.
     codes
-        Latent codes as a Signal1D (navigation axes of the data, signal axis ``"latent"``),
-        NaN where excluded: the features before normalisation.
+        Codes as a Signal1D (navigation axes of the data, signal axis ``"latent"``), NaN
+        where excluded: the features that were clustered (model codes before
+        normalisation, or the map's pooled phase codes with thickness removed).
     sizes
         Pixels per cluster.
     model
-        The model that gave the codes.
+        The model that gave the codes (None for the map's own phase codes).
     method, normalize
         Clustering algorithm and code normalisation used.
+    shift
+        Energy shift of each pixel (navigation signal, units of the signal axis) removed
+        before computing phase codes; None when no alignment was done.
+    beta
+        Potts coupling of the spatial smoothing, estimated from the data (0: none).
+    radius
+        Pooling radius in pixels of the phase codes (0 for model codes).
     """
 
     labels: Any
@@ -85,6 +93,9 @@ class ClusterResult:
     model: Any
     method: str
     normalize: str
+    shift: Any = None
+    beta: float = 0.0
+    radius: int = 0
 
     @property
     def n_clusters(self) -> int:
@@ -95,49 +106,137 @@ class ClusterResult:
                 f"normalize={self.normalize!r}), sizes {self.sizes.tolist()}>")
 
 
+def _spatial_on(signal, spatial) -> bool:
+    if spatial not in ("auto", True, False):
+        raise ValueError(f"spatial must be 'auto', True or False, got {spatial!r}")
+    nd = nav_ndim(signal)
+    if spatial is True and nd not in (1, 2):
+        raise ValueError("spatial=True smooths labels over neighbouring pixels and needs a "
+                         "map or a line scan; use spatial=False.")
+    return bool(spatial) and nd in (1, 2)
+
+
+def _align_on(signal, align, n_channels: int) -> bool:
+    if align not in ("auto", True, False):
+        raise ValueError(f"align must be 'auto', True or False, got {align!r}")
+    uniform = getattr(signal.axes_manager.signal_axes[0], "is_uniform", True)
+    if align is True and (not uniform or n_channels < 16):
+        raise ValueError("align=True moves spectra by fractions of a channel, which needs a "
+                         "uniform signal axis of at least 16 channels; resample it first "
+                         "(s.interpolate_on_axis) or use align=False.")
+    return bool(align) and uniform and n_channels >= 16
+
+
+def _phase_route(signal, n_clusters, navigation_mask, n_components, align, radius,
+                 spatial, random_state, show_progressbar):
+    """The map's own phase codes (no training): ``(features, valid, labels, shift, beta,
+    radius)``."""
+    from hyperspy_mlspec.engine.progress import progress
+    from hyperspy_mlspec.scoring.latent import count_gain, drift, phase_codes, phase_labels
+
+    sio.check_signal(signal)
+    check_ndim(signal, "latent clustering")
+    if nav_ndim(signal) == 0:
+        raise ValueError("clustering needs a map or a line scan; this signal holds a single "
+                         "spectrum.")
+    nav_shape = tuple(signal.data.shape[: nav_ndim(signal)])
+    excluded = excluded_pixels(signal, navigation_mask, nonfinite_rows(signal))
+    valid = ~excluded
+    if int(valid.sum()) < n_clusters:
+        raise ValueError(f"n_clusters={n_clusters} but only {int(valid.sum())} pixels are left")
+    rows = sio.rows_of(signal)
+    n_ch = int(rows.shape[1])
+    sample = rows[np.flatnonzero(valid)[:: max(1, int(valid.sum()) // 2000)]]
+    sample = np.asarray(sample.compute() if hasattr(sample, "compute") else sample)
+    gain = count_gain(sample)
+    do_align = _align_on(signal, align, n_ch)
+    bar = progress(3 if do_align else 2, "phase map", show_progressbar, unit="step")
+    try:
+        shift = None
+        if do_align:
+            shift, _ = drift(rows, nav_shape, valid)
+            bar.update(1)
+        out = phase_codes(rows, nav_shape, valid, n_components, shift=shift, radius=radius,
+                          gain=gain)
+        bar.update(1)
+        lab = phase_labels(out["codes"], out["nuisance"], nav_shape, valid, n_clusters,
+                           random_state, potts=spatial)
+        bar.update(1)
+    finally:
+        bar.close()
+    return lab["features"][valid], valid, lab["labels"], shift, lab["beta"], out["radius"]
+
+
 def cluster(signal, model=None, n_clusters: int = 4, method: str = "kmeans", *,
-            normalize: str = "shape", navigation_mask=None, n_components: int = 4,
-            random_state: int | None = 0, show_progressbar: bool | None = None,
-            **estimator_params: Any) -> ClusterResult:
-    """Latent phase map: cluster the pixels' latent codes.
+            normalize: str = "shape", spatial: bool | str = "auto",
+            align: bool | str = "auto", radius: int | None = None, navigation_mask=None,
+            n_components: int | None = None, random_state: int | None = 0,
+            show_progressbar: bool | None = None, **estimator_params: Any) -> ClusterResult:
+    """Phase map: cluster the pixels of a map by chemistry, smoothed over neighbours.
+
+    Two sources of codes:
+
+    * ``model`` None (the default, nothing to train): the map's own **phase codes**. The
+      energy drift of every pixel is measured and undone
+      (:func:`~hyperspy_mlspec.spatial.estimate_shift`), spectra are divided by their
+      total (intensity) and whitened for Poisson noise, pooled over a window holding about
+      100 counts per channel, weighted per channel by their signal-to-noise ratio and
+      reduced to ``n_components`` principal components. Clusters are fitted with the
+      thickness dependence of the codes (on the log total counts) removed jointly
+      (analysis of covariance), so a thickness gradient does not split a phase.
+    * a fitted encoder ``model`` (or estimator parameters such as ``epochs=``, which fit
+      an :class:`~hyperspy_mlspec.AutoencoderDecomposition`): its latent codes,
+      normalised by ``normalize`` and clustered by ``method``.
+
+    Either way labels are then smoothed spatially on maps and line scans
+    (``spatial="auto"``): iterated conditional modes of a Potts model whose coupling is
+    estimated from the data (:func:`~hyperspy_mlspec.scoring.latent.potts_smooth`).
 
     Parameters
     ----------
     signal
-        The spectrum image (lazy or not).
+        The spectrum image (lazy or not; a lazy one is read in chunks, never whole).
     model
-        A fitted encoder (``transform``); None fits an
-        :class:`~hyperspy_mlspec.AutoencoderDecomposition` on ``signal``.
+        A fitted encoder (``transform``), or None (see above).
     n_clusters
         Number of clusters.
     method
-        ``"kmeans"``, ``"gmm"`` (Gaussian mixture) or ``"agglomerative"`` (Ward; up to
-        30 000 pixels).
+        Clustering of model codes: ``"kmeans"``, ``"gmm"`` (Gaussian mixture) or
+        ``"agglomerative"`` (Ward; up to 30 000 pixels). Phase codes use a k-means-started
+        mixture with thickness regression (``method`` must be ``"kmeans"``).
     normalize
-        ``"shape"`` (default): codes divided by their L2 norm. Autoencoder codes carry the
-        intensity of the spectrum (thickness, dose); their direction carries the spectral
-        shape, so clusters follow chemistry, not thickness. ``"standard"``: each latent
-        dimension standardised; ``"none"``: raw codes.
+        Model codes only. ``"shape"`` (default): codes divided by their L2 norm
+        (autoencoder codes carry the intensity; their direction carries the shape).
+        ``"standard"``: each latent dimension standardised; ``"none"``: raw codes.
+    spatial
+        ``"auto"``/True: Potts smoothing of the labels on maps and line scans; False: none.
+    align
+        Phase codes only: ``"auto"``/True undo the energy drift (uniform signal axes of at
+        least 16 channels); False: no alignment.
+    radius
+        Phase codes only: pooling radius in pixels; None chooses it from the counts.
     navigation_mask
         True excludes a pixel (label -1).
     n_components
-        Latent dimensions of the model fitted when ``model`` is None.
+        Code dimensions: None is ``n_clusters + 2`` for phase codes (chemistry plus
+        thickness and residual drift), 4 for a fitted autoencoder.
     random_state
         Seed of the clustering (and default seed of the fitted model).
     show_progressbar
         None follows ``hs.preferences.General.show_progressbar``.
     **estimator_params
-        Passed to :class:`~hyperspy_mlspec.AutoencoderDecomposition` when fitting.
+        Passed to :class:`~hyperspy_mlspec.AutoencoderDecomposition` (fits one).
 
     Returns
     -------
     ClusterResult
-        ``labels`` (navigation signal), ``centers`` (cluster-mean spectra), ``codes``.
+        ``labels`` (navigation signal), ``centers`` (cluster-mean spectra), ``codes``,
+        ``shift`` (navigation signal or None), ``beta``, ``radius``.
 
     Notes
     -----
-    To use HyperSpy's own clustering (and its plots) instead, feed it the latent codes;
-    its ``preprocessing="norm"`` is the same normalisation as ``normalize="shape"``::
+    To use HyperSpy's own clustering (and its plots) on autoencoder codes instead; its
+    ``preprocessing="norm"`` is the same normalisation as ``normalize="shape"``::
 
         codes = s.mlspec.encode(model)
         s.cluster_analysis(cluster_source=codes, source_for_centers=s,
@@ -147,27 +246,70 @@ def cluster(signal, model=None, n_clusters: int = 4, method: str = "kmeans", *,
     Examples
     --------
     >>> import hyperspy_mlspec
-    >>> s = hyperspy_mlspec.data.eds_map((16, 16), n_channels=128)
-    >>> phases = s.mlspec.cluster(n_clusters=3, epochs=5, show_progressbar=False)
+    >>> s = hyperspy_mlspec.data.eels_map((24, 24), n_channels=256, dose=20)
+    >>> phases = s.mlspec.cluster(n_clusters=3, show_progressbar=False)
     >>> phases.labels.data.shape, phases.centers.axes_manager.navigation_shape
-    ((16, 16), (3,))
+    ((24, 24), (3,))
+    >>> phases.shift.axes_manager.signal_shape
+    (24, 24)
     """
+    from hyperspy_mlspec.scoring.latent import _by_size, potts_smooth, tied_gaussian_loglik
+
+    if not (isinstance(n_clusters, (int, np.integer)) and n_clusters >= 1):
+        raise ValueError(f"n_clusters must be a positive integer, got {n_clusters!r}")
     params = dict(estimator_params)
-    if model is None and random_state is not None:
-        params.setdefault("random_state", random_state)
-    codes, valid, model = _latent(signal, model, navigation_mask, n_components,
-                                  show_progressbar, params)
-    if codes.shape[0] < n_clusters:
-        raise ValueError(f"n_clusters={n_clusters} but only {codes.shape[0]} pixels are left")
-    labels_valid = cluster_labels(features(codes, normalize), n_clusters, method,
-                                  random_state)
-    labels = np.full(valid.size, -1, dtype=np.int32)
-    labels[valid] = labels_valid
+    sio.check_signal(signal)
+    smooth = _spatial_on(signal, spatial)
+    nav_shape = tuple(signal.data.shape[: nav_ndim(signal)])
+    shift_sig, beta, radius_used = None, 0.0, 0
+    if model is None and not params:
+        if method != "kmeans":
+            raise ValueError(f"method={method!r} applies to model codes; the map's own phase "
+                             "codes are clustered by a k-means-started mixture (method="
+                             "'kmeans'). Pass a fitted model to use other methods.")
+        if normalize not in ("shape", "none", "standard"):
+            raise ValueError("normalize must be one of ('shape', 'none', 'standard'), got "
+                             f"{normalize!r}")
+        k = int(n_clusters + 2 if n_components is None else n_components)
+        codes, valid, labels, shift, beta, radius_used = _phase_route(
+            signal, int(n_clusters), navigation_mask, k, align, radius, smooth,
+            random_state, show_progressbar)
+        labels = labels.astype(np.int32)
+        normalize_used = "none"
+        if shift is not None:
+            sig = signal.axes_manager.signal_axes[0]
+            units = sig.units if isinstance(sig.units, str) and sig.units not in (
+                "<undefined>", "") else "channels"
+            factor = float(sig.scale) if units != "channels" else 1.0
+            shift_map = np.where(valid, shift * factor, np.nan).reshape(nav_shape)
+            shift_sig = sio.navigation_image(signal, shift_map.astype(np.float32),
+                                             f"Energy shift of {title_of(signal)}",
+                                             f"Energy shift ({units})")
+    else:
+        if model is None and random_state is not None:
+            params.setdefault("random_state", random_state)
+        codes, valid, model = _latent(signal, model, navigation_mask,
+                                      4 if n_components is None else n_components,
+                                      show_progressbar, params)
+        if codes.shape[0] < n_clusters:
+            raise ValueError(f"n_clusters={n_clusters} but only {codes.shape[0]} pixels "
+                             "are left")
+        feats = features(codes, normalize)
+        labels_valid = cluster_labels(feats, n_clusters, method, random_state)
+        labels = np.full(valid.size, -1, dtype=np.int32)
+        labels[valid] = labels_valid
+        if smooth and n_clusters > 1:
+            loglik = np.zeros((valid.size, n_clusters))
+            loglik[valid] = tied_gaussian_loglik(feats, labels_valid, n_clusters)
+            labels, beta = potts_smooth(loglik, labels, nav_shape)
+            labels = _by_size(labels, n_clusters).astype(np.int32)
+        normalize_used = normalize
+    labels_valid = labels[valid]
     sizes = np.bincount(labels_valid, minlength=n_clusters)
     # cluster means of the data on its own channels: one matrix product, streamed if lazy
     t = sio.table(signal, mask_arg(signal, ~valid))
     onehot = np.zeros((int(valid.sum()), n_clusters), dtype=np.float64)
-    onehot[np.arange(onehot.shape[0]), labels_valid] = 1.0 / sizes[labels_valid]
+    onehot[np.arange(onehot.shape[0]), labels_valid] = 1.0 / np.maximum(sizes, 1)[labels_valid]
     if t.lazy:
         import dask.array as da
 
@@ -176,7 +318,6 @@ def cluster(signal, model=None, n_clusters: int = 4, method: str = "kmeans", *,
     else:
         means = onehot.T @ np.asarray(t.rows, dtype=np.float64)
     title = title_of(signal)
-    nav_shape = tuple(signal.data.shape[: nav_ndim(signal)])
     label_sig = sio.navigation_image(signal, labels.reshape(nav_shape),
                                      f"Latent clusters of {title}", "cluster label")
     centers = spectra_signal(signal, means, f"Cluster mean spectra of {title}",
@@ -185,10 +326,13 @@ def cluster(signal, model=None, n_clusters: int = 4, method: str = "kmeans", *,
     code_full[valid] = codes
     code_sig = sio.vector_signal(signal, code_full.reshape(nav_shape + (codes.shape[1],)),
                                  f"Latent codes of {title}", "latent")
+    source = "phase codes" if model is None else type(model).__name__
     for out in (label_sig, centers):
-        sio.record(out, "cluster", method=method, normalize=normalize,
-                   n_clusters=int(n_clusters), model=type(model).__name__)
-    return ClusterResult(label_sig, centers, code_sig, sizes, model, method, normalize)
+        sio.record(out, "cluster", method=method, normalize=normalize_used,
+                   n_clusters=int(n_clusters), model=source, potts_beta=float(beta),
+                   radius=int(radius_used), aligned=shift_sig is not None)
+    return ClusterResult(label_sig, centers, code_sig, sizes, model, method, normalize_used,
+                         shift_sig, float(beta), int(radius_used))
 
 
 def _labels_array(color_by, n: int) -> np.ndarray | None:
