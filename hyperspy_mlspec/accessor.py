@@ -390,13 +390,20 @@ class MLSpecNamespace:
                          alpha=alpha, min_size=min_size, model=model, **map_params)
 
     def cluster(self, model=None, n_clusters: int = 4, method: str = "kmeans", *,
-                normalize: str = "shape", navigation_mask=None, n_components: int = 4,
-                random_state: int | None = 0, show_progressbar: bool | None = None,
-                **estimator_params: Any):
-        """Latent phase map: cluster the latent codes (direction only by default, so
-        clusters follow chemistry rather than thickness or dose).
+                normalize: str = "shape", spatial: bool | str = "auto",
+                align: bool | str = "auto", radius: int | None = None, navigation_mask=None,
+                n_components: int | None = None, random_state: int | None = 0,
+                show_progressbar: bool | None = None, **estimator_params: Any):
+        """Phase map: cluster the pixels by chemistry, labels smoothed over neighbours.
 
-        HyperSpy's own clustering takes the same codes:
+        With no model (the default, nothing to train) the map's own phase codes: energy
+        drift undone, spectra normalised and Poisson-whitened, pooled over neighbours,
+        thickness regressed out while clustering; labels then smoothed by a Potts model
+        (``spatial="auto"``) whose coupling comes from the data. With a fitted encoder (or
+        estimator parameters such as ``epochs=``, which fit an autoencoder) its latent
+        codes are clustered instead (direction only by default), then smoothed the same way.
+
+        HyperSpy's own clustering takes an encoder's codes:
         ``s.cluster_analysis(cluster_source=s.mlspec.encode(model), source_for_centers=s,
         preprocessing="norm", n_clusters=3)``.
         See :func:`hyperspy_mlspec.workflows.latent.cluster`.
@@ -405,18 +412,22 @@ class MLSpecNamespace:
         -------
         ClusterResult
             ``labels`` (navigation signal, -1 excluded), ``centers`` (cluster-mean spectra,
-            navigation axis ``"cluster"``), ``codes``, ``sizes``, ``model``.
+            navigation axis ``"cluster"``), ``codes``, ``sizes``, ``model``, ``shift``
+            (energy-shift map or None), ``beta`` (Potts coupling), ``radius``.
 
         Examples
         --------
         >>> import hyperspy_mlspec
-        >>> s = hyperspy_mlspec.data.eds_map((16, 16), n_channels=128)
-        >>> phases = s.mlspec.cluster(n_clusters=3, epochs=5, show_progressbar=False)
+        >>> s = hyperspy_mlspec.data.eels_map((16, 16), n_channels=128, dose=20)
+        >>> phases = s.mlspec.cluster(n_clusters=3, show_progressbar=False)
+        >>> phases.labels.data.shape
+        (16, 16)
         >>> phases.centers.plot()  # doctest: +SKIP
         """
         from hyperspy_mlspec.workflows.latent import cluster
 
         return cluster(self._signal, model, n_clusters, method, normalize=normalize,
+                       spatial=spatial, align=align, radius=radius,
                        navigation_mask=navigation_mask, n_components=n_components,
                        random_state=random_state, show_progressbar=show_progressbar,
                        **estimator_params)

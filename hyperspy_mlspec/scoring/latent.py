@@ -158,8 +158,8 @@ def potts_smooth(loglik: np.ndarray, labels: np.ndarray, nav_shape: tuple[int, .
 
     Each pixel takes the label maximising ``loglik[p, k] + beta * (number of its 8
     neighbours labelled k)`` (2 neighbours on a line), sweeping until no label changes.
-    With ``beta`` None it is estimated from the data by maximum pseudo-likelihood (how much
-    neighbours agree beyond what their spectra say), between 0 and 4: no hand tuning. A
+    With ``beta`` None it is estimated from the initial labels by maximum pseudo-likelihood
+    (how much more often neighbours agree than label frequencies say), between 0 and 4. A
     pixel whose evidence for its own label exceeds ``beta`` times the neighbours against it
     keeps it, so strongly supported small inclusions survive.
 
@@ -201,15 +201,8 @@ def potts_smooth(loglik: np.ndarray, labels: np.ndarray, nav_shape: tuple[int, .
     ok = labels >= 0
     loglik = np.where(ok[:, None], np.nan_to_num(loglik, neginf=-1e300), 0.0)
     if beta is None:
-        counts = _neighbour_counts(labels, nav_shape, k)[ok]
-        ll, lab = loglik[ok], labels[ok]
-        best, beta = -np.inf, 0.0
-        for b in np.linspace(0.0, 4.0, 41):
-            a = ll + b * counts
-            a = a - a.max(axis=1, keepdims=True)
-            value = float((a[np.arange(lab.size), lab] - np.log(np.exp(a).sum(1))).sum())
-            if value > best:
-                best, beta = value, float(b)
+        beta = _pseudo_likelihood_beta(labels[ok], _neighbour_counts(labels, nav_shape, k)[ok],
+                                       k)
     for _ in range(int(n_iter)):
         counts = _neighbour_counts(labels, nav_shape, k)
         new = np.where(ok, np.argmax(loglik + beta * counts, axis=1), -1)
@@ -217,6 +210,22 @@ def potts_smooth(loglik: np.ndarray, labels: np.ndarray, nav_shape: tuple[int, .
             break
         labels = new
     return labels, float(beta)
+
+
+def _pseudo_likelihood_beta(lab: np.ndarray, counts: np.ndarray, k: int) -> float:
+    """Coupling of the Potts prior ``P(l_p | neighbours) ~ pi_l exp(beta n_l)`` fitted to a
+    label image by maximum pseudo-likelihood (Besag): how much more often neighbours agree
+    than the label frequencies say. The spectra's likelihood is left out on purpose: the
+    labels were chosen by it, and including it would always favour beta = 0."""
+    prior = np.log(np.bincount(lab, minlength=k) + 1.0)
+    best, beta = -np.inf, 0.0
+    for b in np.linspace(0.0, 4.0, 41):
+        a = prior + b * counts
+        a = a - a.max(axis=1, keepdims=True)
+        value = float((a[np.arange(lab.size), lab] - np.log(np.exp(a).sum(1))).sum())
+        if value > best:
+            best, beta = value, float(b)
+    return beta
 
 
 def tied_gaussian_loglik(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -430,9 +439,12 @@ def phase_codes(rows, nav_shape: tuple[int, ...], valid: np.ndarray, n_component
     if lazy:
         import dask.array as da
 
+        rows = rows.rechunk({1: -1})  # whole spectra per block (shifts, totals)
         chunks = (rows.chunks[0],)
-        prep = da.map_blocks(prepare, rows, da.from_array(valid, chunks=chunks),
-                             da.from_array(shift, chunks=chunks), dtype=np.float64,
+        col = (chunks[0], (1,))
+        prep = da.map_blocks(lambda b, o, sh: prepare(b, o[:, 0], sh[:, 0]), rows,
+                             da.from_array(valid[:, None], chunks=col),
+                             da.from_array(shift[:, None], chunks=col), dtype=np.float64,
                              chunks=(rows.chunks[0], (n_ch + 1,)))
         mean_n, totals = da.compute((prep[:, :n_ch] * valid[:, None]).sum(axis=0),
                                     prep[:, n_ch])
@@ -471,8 +483,11 @@ def phase_codes(rows, nav_shape: tuple[int, ...], valid: np.ndarray, n_component
             weights = np.ones(n_ch)
     cov = (np.asarray(gram) / nv - np.outer(centre, centre)) * np.outer(weights, weights)
     k = int(max(1, min(n_components, n_ch, nv - 1)))
-    evals, evecs = np.linalg.eigh(cov)
-    comps = evecs[:, ::-1][:, :k].T * weights
+    from scipy.linalg import eigh
+
+    # only the leading eigenvectors (much faster than the full decomposition)
+    evecs = eigh(cov, subset_by_index=[n_ch - k, n_ch - 1])[1]
+    comps = evecs[:, ::-1].T * weights
     codes = (pooled - centre) @ comps.T
     if lazy:
         codes = codes.compute()
