@@ -1,0 +1,316 @@
+"""Spreading few-label predictions over a map: a graph of neighbouring pixels and similar
+embeddings (label spreading, Zhou et al. 2004, with the probe as a prior).
+
+A spectrum image is a map: neighbouring pixels mostly share a phase, and pixels of one phase
+have similar embeddings wherever they are. A probe applied pixel by pixel ignores both, so
+at low dose its map is speckled by noise. Here the pixels are nodes of a sparse graph:
+
+* **grid edges** (weight 1) join pixels next to each other along every navigation axis
+  (a linescan: its two neighbours; a map: four); masked pixels are left out;
+* **embedding edges** join each pixel to its ``k`` nearest pixels in embedding space, with
+  self-tuning Gaussian weights ``exp(-d_ij^2 / (s_i s_j))`` (``s_i``: distance to the
+  ``k``-th neighbour, Zelnik-Manor & Perona 2004), so similar pixels far apart share;
+* the **labelled spectra** are extra nodes joined to their ``k`` nearest pixels (a labelled
+  pixel of this very map is at distance 0 from itself).
+
+Every node carries a prior: the labelled nodes their label (one-hot or value), the pixels the
+probe's output weighted by ``beta``. The spread estimate is
+``F = (I - strength S)^-1 (w Y)`` normalised by the spread weights ``(I - strength S)^-1 w``,
+with ``S = D^-1/2 W D^-1/2``: ``strength = 0`` gives back the probe, ``strength -> 1`` pure
+label propagation. ``strength``, ``beta`` and the edge kinds are chosen by cross-validation
+on the labels (the probe refitted without the held-out fold, the held-out labels scored
+as unlabelled nodes), so how much the map is trusted is decided by the data, never by hand.
+
+Arrays only (numpy, scipy, scikit-learn): the navigation shape and mask come from the
+caller's table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import cg
+
+#: candidates of the cross-validation: spreading strength, prior weight of the probe, edges
+STRENGTHS = (0.0, 0.3, 1.0, 3.0, 10.0)
+BETAS = (0.1, 1.0)
+EDGES = ("grid+embedding", "grid", "embedding")
+
+
+def grid_graph(nav_shape: tuple[int, ...], nav_index: np.ndarray | None = None) -> sp.csr_matrix:
+    """Symmetric adjacency of pixels next to each other along each navigation axis.
+
+    Parameters
+    ----------
+    nav_shape
+        Navigation shape in array order (``(n,)`` for a linescan, ``(rows, cols)`` for a map).
+    nav_index
+        Flat (C-order) indices of the pixels kept, in row order; None keeps all. Edges to
+        excluded pixels are dropped.
+
+    Examples
+    --------
+    >>> grid_graph((2, 3)).sum(1).A.ravel()
+    array([2., 3., 2., 2., 3., 2.])
+    >>> grid_graph((4,), np.array([0, 1, 3])).toarray().astype(int)
+    array([[0, 1, 0],
+           [1, 0, 0],
+           [0, 0, 0]])
+    """
+    n = int(np.prod(nav_shape, dtype=np.int64))
+    idx = np.arange(n).reshape(nav_shape)
+    a, b = [], []
+    for axis, size in enumerate(nav_shape):
+        if size > 1:
+            a.append(np.take(idx, np.arange(size - 1), axis=axis).ravel())
+            b.append(np.take(idx, np.arange(1, size), axis=axis).ravel())
+    a = np.concatenate(a) if a else np.zeros(0, dtype=np.int64)
+    b = np.concatenate(b) if b else np.zeros(0, dtype=np.int64)
+    m = n
+    if nav_index is not None:
+        pos = np.full(n, -1, dtype=np.int64)
+        pos[nav_index] = np.arange(len(nav_index))
+        a, b = pos[a], pos[b]
+        keep = (a >= 0) & (b >= 0)
+        a, b, m = a[keep], b[keep], len(nav_index)
+    w = sp.coo_matrix((np.ones(len(a)), (a, b)), shape=(m, m))
+    return (w + w.T).tocsr()
+
+
+def knn_edges(features: np.ndarray, queries: np.ndarray | None = None, k: int = 10
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, cols, weights)`` joining each query (default: each feature row, itself
+    excluded) to its ``k`` nearest rows of ``features``, self-tuning Gaussian weights."""
+    from sklearn.neighbors import NearestNeighbors
+
+    n = len(features)
+    self_query = queries is None
+    k_eff = int(min(k + self_query, n))
+    nn = NearestNeighbors(n_neighbors=k_eff).fit(features)
+    dist, ind = nn.kneighbors(features if self_query else queries)
+    if self_query:
+        dist, ind = dist[:, 1:], ind[:, 1:]
+    # local scales: distance to the k-th neighbour (of each feature row; of each query)
+    scale_q = np.maximum(dist[:, -1], 1e-12)
+    if self_query:
+        scale_f = scale_q
+    else:
+        d_f, _ = nn.kneighbors(features, n_neighbors=k_eff)
+        scale_f = np.maximum(d_f[:, -1], 1e-12)
+    w = np.exp(-dist ** 2 / (scale_q[:, None] * scale_f[ind]))
+    rows = np.repeat(np.arange(len(ind)), ind.shape[1])
+    return rows, ind.ravel(), w.ravel()
+
+
+class MapGraph:
+    """Graph of ``n`` map pixels plus ``m`` labelled nodes (see the module docstring).
+
+    Parameters
+    ----------
+    features
+        ``(n, p)`` features of the map's pixels (standardised embeddings).
+    label_features
+        ``(m, p)`` features of the labelled spectra, in the same space.
+    nav_shape, nav_index
+        Where the pixels sit (see :func:`grid_graph`); ``nav_shape=None``: no grid edges
+        (independent spectra).
+    k
+        Neighbours per node in embedding space.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> truth = np.repeat([0, 1], 50)                      # a linescan of two phases
+    >>> feats = truth[:, None] + rng.normal(0, 0.8, (100, 4))
+    >>> labelled = np.array([10, 80])
+    >>> g = MapGraph(feats, feats[labelled], (100,))
+    >>> prior = np.full((100, 2), 0.5)                    # an uninformative probe
+    >>> F = g.spread(prior, np.eye(2)[truth[labelled]], strength=0.99, beta=0.1)
+    >>> float((F.argmax(1) == truth).mean()) > 0.9
+    True
+    """
+
+    def __init__(self, features: np.ndarray, label_features: np.ndarray,
+                 nav_shape: tuple[int, ...] | None = None,
+                 nav_index: np.ndarray | None = None, k: int = 10) -> None:
+        features = np.asarray(features, dtype=np.float64)
+        label_features = np.asarray(label_features, dtype=np.float64)
+        n, m = len(features), len(label_features)
+        self.n, self.m = n, m
+        size = n + m
+        if nav_shape is not None:
+            g = grid_graph(tuple(nav_shape), nav_index)
+            if g.shape[0] != n:
+                raise ValueError(f"{n} pixel features for a navigation grid of {g.shape[0]}")
+            self.grid = sp.block_diag([g, sp.csr_matrix((m, m))], format="csr")
+        else:
+            self.grid = sp.csr_matrix((size, size))
+        r, c, w = knn_edges(features, k=k) if n > 1 else ([], [], [])
+        knn = sp.coo_matrix((w, (r, c)), shape=(size, size)).tocsr()
+        knn = knn.maximum(knn.T)
+        # labelled nodes: edges to their nearest pixels only (labels reach the map through
+        # them; no label-label edges, so a held-out label learns nothing from the others
+        # except through the map)
+        if m and n:
+            r, c, w = knn_edges(features, label_features, k=k)
+            lab = sp.coo_matrix((w, (r + n, c)), shape=(size, size)).tocsr()
+            self.labels = lab + lab.T
+        else:
+            self.labels = sp.csr_matrix((size, size))
+        self.knn = knn
+
+    def adjacency(self, edges: str = "grid+embedding") -> sp.csr_matrix:
+        """The weighted adjacency for ``edges`` (one of :data:`EDGES`)."""
+        if edges not in EDGES:
+            raise ValueError(f"edges must be one of {EDGES}, got {edges!r}")
+        cache = self.__dict__.setdefault("_adjacency", {})
+        if edges in cache:
+            return cache[edges]
+        w = self.labels.copy()
+        if "grid" in edges:
+            w = w + self.grid
+        if "embedding" in edges:
+            w = w + self.knn
+        cache[edges] = w.tocsr()
+        return cache[edges]
+
+    def spread(self, prior: np.ndarray, labels: np.ndarray, strength: float, beta: float,
+               edges: str = "grid+embedding", hidden: np.ndarray | None = None,
+               hidden_prior: np.ndarray | None = None) -> np.ndarray:
+        """Spread estimate of every pixel, ``(n, c)`` (see the module docstring).
+
+        ``prior``: ``(n, c)`` probe outputs of the pixels (probabilities or values);
+        ``labels``: ``(m, c)`` targets of the labelled nodes. ``hidden`` (boolean, ``m``)
+        turns labelled nodes into unlabelled ones with ``hidden_prior`` as their prior
+        (cross-validation); their estimates are returned after the pixels' then,
+        ``(n + hidden.sum(), c)``.
+        """
+        prior = np.asarray(prior, dtype=np.float64)
+        labels = np.asarray(labels, dtype=np.float64).reshape(self.m, -1)
+        y = np.concatenate([prior, labels])
+        weight = np.concatenate([np.full(self.n, beta), np.ones(self.m)])
+        if hidden is not None:
+            hid = np.flatnonzero(hidden) + self.n
+            y[hid] = hidden_prior
+            weight[hid] = beta
+        if strength == 0:
+            f = y
+        else:
+            f = self._solve(self.adjacency(edges), weight[:, None] * y, weight, strength)
+        out = f[:self.n]
+        if hidden is not None:
+            out = np.concatenate([out, f[hid]])
+        return out
+
+    @staticmethod
+    def _solve(w: sp.csr_matrix, wy: np.ndarray, weight: np.ndarray, strength: float
+               ) -> np.ndarray:
+        # minimiser of sum_i w_i |F_i - y_i|^2 + strength / 2 sum_ij W_ij |F_i - F_j|^2:
+        # (diag(w) + strength L) F = diag(w) y, symmetric positive definite (w > 0)
+        deg = np.asarray(w.sum(1)).ravel()
+        a = (sp.diags(weight + strength * deg) - strength * w).tocsr()
+        precond = sp.diags(1.0 / (weight + strength * deg))  # Jacobi
+        sol = np.empty_like(wy)
+        for j in range(wy.shape[1]):
+            sol[:, j], _ = cg(a, wy[:, j], rtol=1e-6, maxiter=2000, M=precond)
+        return sol
+
+
+def smooth_on_grid(values: np.ndarray, grid: sp.csr_matrix, passes: int = 2) -> np.ndarray:
+    """``values`` averaged ``passes`` times over each pixel and its grid neighbours (a
+    feature map denoised before the embedding edges are drawn: at low dose the nearest
+    neighbours of a single noisy embedding are mostly noise)."""
+    deg = np.asarray(grid.sum(1)).ravel()
+    avg = sp.diags(1.0 / (deg + 1.0)) @ (grid + sp.identity(grid.shape[0], format="csr"))
+    out = np.asarray(values, dtype=np.float64)
+    for _ in range(passes):
+        out = avg @ out
+    return out
+
+
+def _folds(target: np.ndarray, classification: bool, n_folds: int, seed: int) -> list:
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    idx = np.arange(len(target))
+    if classification:
+        counts = np.bincount(target.argmax(1))
+        n = int(min(n_folds, counts[counts > 0].min()))
+        if n >= 2:
+            return list(StratifiedKFold(n, shuffle=True, random_state=seed).split(
+                idx, target.argmax(1)))
+    n = int(min(n_folds, len(idx)))
+    return list(KFold(n, shuffle=True, random_state=seed).split(idx)) if n >= 2 else []
+
+
+def spread_predict(z: np.ndarray, z_labels: np.ndarray, targets: np.ndarray, head,
+                   fit_head, nav_shape: tuple[int, ...] | None,
+                   nav_index: np.ndarray | None, classification: bool, *, k: int = 10,
+                   n_folds: int = 5, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Graph-spread probe outputs of a map, with strength, prior weight and edges chosen
+    by cross-validation on the labels.
+
+    Parameters
+    ----------
+    z
+        ``(n, d)`` standardised embeddings of the map's pixels (rows of the table).
+    z_labels, targets
+        ``(m, d)`` embeddings of the labelled spectra and their targets: one-hot
+        ``(m, c)`` (classification) or standardised values ``(m, t)``.
+    head
+        ``head(z) -> (n, c)`` probabilities or standardised values of the fitted probe.
+    fit_head
+        ``fit_head(z, targets) -> head``: the same probe refitted on a subset (the folds).
+    nav_shape, nav_index
+        The map's grid (see :func:`grid_graph`); ``nav_shape=None`` leaves grid edges out.
+    classification
+        Score the folds by accuracy (else by mean squared error).
+
+    Returns
+    -------
+    estimates, info
+        ``(n, c)`` spread outputs (rows of probabilities for classification) and the
+        choice: ``strength``, ``beta``, ``edges``, the fold score of the choice and of the
+        plain probe (``strength=0``).
+    """
+    z = np.asarray(z, dtype=np.float64)
+    z_labels = np.asarray(z_labels, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.float64).reshape(len(z_labels), -1)
+    features = z
+    label_features = z_labels
+    if nav_shape is not None:
+        grid = grid_graph(tuple(nav_shape), nav_index)
+        features = smooth_on_grid(z, grid)
+        # a labelled pixel of this very map: link it through its smoothed features
+        from sklearn.neighbors import NearestNeighbors
+
+        dist, ind = NearestNeighbors(n_neighbors=1).fit(z).kneighbors(z_labels)
+        same = dist[:, 0] < 1e-3 * np.sqrt(z.shape[1])
+        label_features = np.where(same[:, None], features[ind[:, 0]], z_labels)
+    graph = MapGraph(features, label_features, nav_shape, nav_index, k=k)
+    edge_kinds = EDGES if nav_shape is not None else ("embedding",)
+    grid_candidates = [(0.0, 1.0, edge_kinds[0])] + [
+        (s, b, e) for s in STRENGTHS[1:] for b in BETAS for e in edge_kinds]
+    folds = _folds(targets, classification, n_folds, seed)
+    scores = np.zeros(len(grid_candidates))
+    for train, test in folds:
+        h = fit_head(z_labels[train], targets[train])
+        prior, hidden_prior = h(z), h(z_labels[test])
+        hidden = np.zeros(len(z_labels), dtype=bool)
+        hidden[test] = True
+        truth = targets[test]
+        for i, (s, b, e) in enumerate(grid_candidates):
+            est = graph.spread(prior, targets, s, b, e, hidden=hidden,
+                               hidden_prior=hidden_prior)[graph.n:]
+            if classification:
+                scores[i] += np.sum(est.argmax(1) == truth.argmax(1))
+            else:
+                scores[i] -= np.sum((est - truth) ** 2)
+    # ties go to the weaker smoothing (earlier candidates; strength 0 first)
+    best = int(np.argmax(scores)) if folds else 0
+    s, b, e = grid_candidates[best]
+    estimates = graph.spread(head(z), targets, s, b, e)
+    norm = len(z_labels) if classification else max(1, targets.size)
+    info = {"strength": float(s), "beta": float(b), "edges": e, "k": int(k),
+            "cv_score": float(scores[best] / norm), "cv_score_probe": float(scores[0] / norm),
+            "cv_folds": len(folds)}
+    return estimates, info
