@@ -394,8 +394,6 @@ class ProbeHeads:
         if is_dask(z):
             z = z.compute()  # n x n_embedding features: the spectra themselves stay lazy
         z = np.asarray(z, dtype=np.float64)
-        weight = net.head.weight.detach().cpu().numpy().astype(np.float64)
-        bias = net.head.bias.detach().cpu().numpy().astype(np.float64)
         labels = self._probe_labels
         z_lab = labels["z"].astype(np.float64)
         classification = task == "classification"
@@ -422,21 +420,20 @@ class ProbeHeads:
 
         strength = self.probe_["strength"]
 
-        def fit_head(zz: np.ndarray, tt: np.ndarray):
+        def fit_head(zz: np.ndarray, tt: np.ndarray, relax: float = 1.0):
             if classification:
                 present = np.flatnonzero(tt.sum(0) > 0)
                 if len(present) < 2:
                     return lambda q: np.full((len(q), n_classes), 1.0 / n_classes)
                 cls = tt.argmax(1)
                 remap = np.searchsorted(present, cls)
-                w, b, _ = self._linear_head(task, zz, remap, strength)
+                w, b, _ = self._linear_head(task, zz, remap, strength * relax)
                 return as_head(w, b, present)
-            w, b, _ = self._linear_head(task, zz, tt, "auto")
+            w, b, _ = self._linear_head(task, zz, tt, "auto")  # ridge: always cross-validated
             return as_head(w, b)
 
-        est, info = spread_predict(
-            z, z_lab, targets, as_head(weight, bias), fit_head,
-            tuple(t.nav_shape), t.nav_index, classification, seed=self._seed())
+        est, info = spread_predict(z, z_lab, targets, fit_head, tuple(t.nav_shape),
+                                   t.nav_index, classification, seed=self._seed())
         self._last_graph = info
         if what == "predict_proba":
             out = est
