@@ -47,7 +47,6 @@ import numpy as np
 from benchmarks._common import (
     bench_parser,
     command_line,
-    load_average,
     machine_info,
     machine_markdown,
     markdown_table,
@@ -179,7 +178,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cmd = command_line(MODULE, argv)
     print(cmd)
     info = machine_info()
-    load0 = load_average()
     results = {}
     for kind, dose in runs:
         t0 = time.perf_counter()
@@ -204,7 +202,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     body = "\n".join([
         f"- Command: `{cmd}`",
         machine_markdown(info),
-        f"- Load average at start: {load0}",
         f"- 100 labelled pixels at random per draw, draws {list(seeds)}; accuracy (%) on all "
         "other pixels, mean ± std over draws. MAE pretrained on each map (no labels) "
         f"with {mae_params(n_ch, epochs)}.",
