@@ -491,10 +491,16 @@ class MLSpecNamespace:
         """
         return _model(model).embed(self._signal, navigation_mask=navigation_mask)
 
-    def predict(self, model, *, navigation_mask=None, proba: bool = False):
+    def predict(self, model, *, navigation_mask=None, proba: bool = False,
+                graph: bool | str = "auto"):
         """Phase map (class labels), values, or class probabilities (``proba=True``) from
         the few-label head of a :class:`~hyperspy_mlspec.MaskedAutoencoder` (see
         ``fit_probe``).
+
+        On a linescan or a map the labels are spread over a graph of neighbouring pixels
+        and similar embeddings by default (``graph="auto"``; ``graph=False``: pixel by
+        pixel), with its strength chosen by cross-validation on the labels; see
+        :meth:`hyperspy_mlspec.MaskedAutoencoder.predict`.
 
         Returns
         -------
@@ -511,8 +517,9 @@ class MLSpecNamespace:
             raise ValueError(f"{type(model).__name__} has no few-label head yet: call "
                              "model.fit_probe(signal, labels, navigation_mask=...) first")
         if proba:
-            return model.predict_proba(self._signal, navigation_mask=navigation_mask)
-        return model.predict(self._signal, navigation_mask=navigation_mask)
+            return model.predict_proba(self._signal, navigation_mask=navigation_mask,
+                                       graph=graph)
+        return model.predict(self._signal, navigation_mask=navigation_mask, graph=graph)
 
     # -- GUI --------------------------------------------------------------------------------
     def gui(self, display: bool = True, toolkit=None, **options: Any):

@@ -372,6 +372,7 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
         self.signal_axis_ = None
         self.probe_ = None
         self._probe_net = None
+        self._probe_labels = None
 
     # -- checkpoints ------------------------------------------------------------------------
     def _epoch_end_callback(self):
@@ -416,7 +417,7 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
         for key, value in vars(other).items():
             # the optimizer keeps pointing at other.module_'s parameters, adopted here too
             if key.endswith("_") and not key.startswith("__") or key in (
-                    "_optimizer", "_probe_net"):
+                    "_optimizer", "_probe_net", "_probe_labels"):
                 setattr(self, key, value)
         # pooling plays no part in pretraining: keep this estimator's choice
         self.module_.set_pooling(self.pooling, self.n_segments)

@@ -27,6 +27,7 @@ from hyperspy_mlspec.estimators.mae.pool import _title
 from hyperspy_mlspec.models.mae import MaskedSpectrumTransformer, inject_lora
 
 _LORA_VALIDATION = 0.2  # labels held out to stop LoRA training (with >= 50 labels)
+_GRAPH_MEMORY = 4 * 2**30  # bytes graph spreading may hold for a map's embeddings
 
 
 class _ProbeNet(torch.nn.Module):
@@ -80,7 +81,7 @@ class ProbeHeads:
         if getattr(self, "probe_", None) is not None:
             warnings.warn("continuing pretraining discards the few-label head; call "
                           "fit_probe again afterwards", stacklevel=3)
-        self.probe_, self._probe_net = None, None
+        self.probe_, self._probe_net, self._probe_labels = None, None, None
 
     def _probe_tensor(self, x: torch.Tensor, what: str = "predict") -> torch.Tensor:
         self._check_finite(x)
@@ -92,6 +93,12 @@ class ProbeHeads:
         if what == "predict_proba":
             return proba
         return proba.argmax(1, keepdim=True).float()
+
+    def _probe_z(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised embeddings the head reads (the adapted encoder for LoRA)."""
+        self._check_finite(x)
+        net = self._probe_net
+        return (net.encoder.embed(x) - net.mean) / net.scale
 
     # -- few-label heads --------------------------------------------------------------------
     def _labelled(self, X, y, navigation_mask) -> tuple[np.ndarray, np.ndarray]:
@@ -257,6 +264,11 @@ class ProbeHeads:
                 net.set_head(coef, intercept, mean, scale, y_mean, y_std)
         self.probe_ = info
         self._probe_net = net.eval()
+        # the labelled embeddings and targets: graph spreading at predict time links them
+        # to the map and refits the head on folds of them to choose its strength
+        self._probe_labels = {
+            "z": self._apply_numpy(rows, self._probe_z).astype(np.float32),
+            "target": np.asarray(target, dtype=np.float32).reshape(len(rows), -1)}
         return self
 
     @staticmethod
@@ -335,18 +347,111 @@ class ProbeHeads:
             batch = torch.as_tensor(rows, dtype=torch.float32, device=self.device_)
             return float(step(batch, False))
 
-    def _probe_outputs(self, X, navigation_mask, what: str):
+    def _probe_outputs(self, X, navigation_mask, what: str, graph="auto"):
+        self.__dict__.pop("_last_graph", None)
         t = self._table(X, navigation_mask)
         task = self.probe_["task"]
         if what in ("predict_proba",) and task != "classification":
             raise ValueError("predict_proba needs a classification head")
+        if self._use_graph(t, graph):
+            return self._graph_outputs(t, what), t
         n_out = (len(self.probe_["classes"]) if what == "predict_proba"
                  else (1 if task == "classification" else self.probe_["n_targets"]))
         out = self._map_rows(t.rows, functools.partial(self._probe_tensor, what=what), n_out)
         return out, t
 
+    def _use_graph(self, t, graph) -> bool:
+        if graph not in ("auto", True, False):
+            raise ValueError(f"graph must be 'auto', True or False, got {graph!r}")
+        is_map = t.reassemble is not None and len(t.nav_shape) >= 1 and t.rows.shape[0] >= 2
+        if graph is True and not is_map:
+            raise ValueError("graph=True spreads labels over a map: give a signal with a "
+                             "navigation axis (a linescan or a map) of at least 2 pixels, "
+                             "or use graph=False for independent spectra")
+        if graph and is_map and getattr(self, "_probe_labels", None) is None:
+            if graph is True:
+                raise ValueError("this probe holds no labelled embeddings to spread (a model "
+                                 "file written before graph spreading): call fit_probe "
+                                 "again, or use graph=False")
+            return False
+        return bool(graph) and is_map
+
+    def _graph_outputs(self, t, what: str) -> np.ndarray:
+        """Probe outputs of the table's pixels spread over the map graph
+        (:func:`~hyperspy_mlspec.estimators.mae.graph.spread_predict`)."""
+        from hyperspy_mlspec.estimators.mae.graph import spread_predict
+
+        net, task = self._probe_net, self.probe_["task"]
+        d = int(net.mean.numel())
+        n = int(t.rows.shape[0])
+        need = n * (d + 16) * 8 * 3  # embeddings, smoothed copies, graph (float64)
+        if need > _GRAPH_MEMORY:
+            raise ValueError(
+                f"graph spreading holds the embeddings of all {n} pixels in memory "
+                f"(~{need / 2**30:.1f} GiB, over the {_GRAPH_MEMORY / 2**30:.0f} GiB limit): "
+                "predict a cropped region, or use graph=False (pixel by pixel, lazy)")
+        z = self._map_rows(t.rows, self._probe_z, d)
+        if is_dask(z):
+            z = z.compute()  # n x n_embedding features: the spectra themselves stay lazy
+        z = np.asarray(z, dtype=np.float64)
+        labels = self._probe_labels
+        z_lab = labels["z"].astype(np.float64)
+        classification = task == "classification"
+        n_classes = len(self.probe_["classes"]) if classification else 0
+        if classification:
+            idx = labels["target"][:, 0].astype(int)
+            targets = np.eye(n_classes)[idx]
+        else:
+            targets = labels["target"].astype(np.float64)
+
+        def as_head(w: np.ndarray, b: np.ndarray, columns=None):
+            def apply(zz: np.ndarray) -> np.ndarray:
+                out = zz @ w.T + b
+                if not classification:
+                    return out
+                out = np.exp(out - out.max(1, keepdims=True))
+                out /= out.sum(1, keepdims=True)
+                if columns is None:
+                    return out
+                full = np.zeros((len(zz), n_classes))
+                full[:, columns] = out
+                return full
+            return apply
+
+        strength = self.probe_["strength"]
+
+        def fit_head(zz: np.ndarray, tt: np.ndarray, relax: float = 1.0):
+            if classification:
+                present = np.flatnonzero(tt.sum(0) > 0)
+                if len(present) < 2:
+                    return lambda q: np.full((len(q), n_classes), 1.0 / n_classes)
+                cls = tt.argmax(1)
+                remap = np.searchsorted(present, cls)
+                w, b, _ = self._linear_head(task, zz, remap, strength * relax)
+                return as_head(w, b, present)
+            w, b, _ = self._linear_head(task, zz, tt, "auto")  # ridge: always cross-validated
+            return as_head(w, b)
+
+        est, info = spread_predict(z, z_lab, targets, fit_head, tuple(t.nav_shape),
+                                   t.nav_index, classification, seed=self._seed())
+        self._last_graph = info
+        if what == "predict_proba":
+            out = est
+        elif classification:
+            out = est.argmax(1)[:, None].astype(np.float32)
+        else:
+            y_mean = net.y_mean.cpu().numpy()
+            y_std = net.y_std.cpu().numpy()
+            out = est * y_std + y_mean
+        out = np.asarray(out, dtype=np.float32)
+        if t.lazy:  # lazy in, lazy out (computed already: the graph couples all pixels)
+            import dask.array as da
+
+            out = da.from_array(out, chunks=(t.rows.chunks[0], out.shape[1]))
+        return out
+
     @available_if(_has_head)
-    def predict(self, X, *, navigation_mask=None):
+    def predict(self, X, *, navigation_mask=None, graph: bool | str = "auto"):
         """Class labels or regression values of the few-label head.
 
         Parameters
@@ -354,7 +459,18 @@ class ProbeHeads:
         X
             Array ``(n, channels)`` or a HyperSpy signal.
         navigation_mask
-            Signals only: True excludes a pixel (NaN in the map).
+            Signals only: True excludes a pixel (NaN in the map; left out of the graph).
+        graph
+            Spread the labels over the map (signals with a navigation axis): ``"auto"``
+            (default) does so for a linescan or a map and predicts pixel by pixel
+            otherwise; True insists (an error without a map), False is the plain probe.
+            The probe's output becomes the prior of a graph linking pixels next to each
+            other and pixels of similar (spatially smoothed) embeddings, and the labelled
+            spectra; how strongly the map is trusted (down to not at all) and which links
+            are used are chosen by cross-validation on the labels
+            (:mod:`hyperspy_mlspec.estimators.mae.graph`). The choice is recorded in the
+            result's ``metadata.MLSpec``. The embeddings of all pixels are held in memory
+            (not the spectra: a lazy signal stays lazy until then).
 
         Returns
         -------
@@ -363,7 +479,7 @@ class ProbeHeads:
             signal, a navigation-shaped map (Signal2D for a 2-D map) with its navigation
             axes, lazy for a lazy signal.
         """
-        out, t = self._probe_outputs(X, navigation_mask, "predict")
+        out, t = self._probe_outputs(X, navigation_mask, "predict", graph)
         task = self.probe_["task"]
         if task == "classification":
             classes = np.asarray(self.probe_["classes"])
@@ -376,7 +492,8 @@ class ProbeHeads:
                 out = out.astype(np.float64)
         squeeze = task == "classification" or not self.probe_["target_shape"]
         details = dict(operation="predict", model=type(self).__name__,
-                       head=self.probe_["head"], task=task, n_labels=int(self.probe_["n_labels"]))
+                       head=self.probe_["head"], task=task, n_labels=int(self.probe_["n_labels"]),
+                       graph=self._graph_record(out))
         title = ("MAE phase map" if task == "classification" else "MAE regression") + \
             f" of {_title(t)}"
         if not squeeze:  # several targets: one spectrum-like vector per pixel
@@ -387,14 +504,20 @@ class ProbeHeads:
                        **details)
 
     @available_if(_has_head)
-    def predict_proba(self, X, *, navigation_mask=None):
+    def predict_proba(self, X, *, navigation_mask=None, graph: bool | str = "auto"):
         """Class probabilities ``(n, n_classes)``; for a signal a Signal1D with the
         navigation axes and a ``"class"`` signal axis (order of ``probe_["classes"]``).
+        ``graph`` as in :meth:`predict` (the spread probabilities).
         """
-        out, t = self._probe_outputs(X, navigation_mask, "predict_proba")
+        out, t = self._probe_outputs(X, navigation_mask, "predict_proba", graph)
         return t.vectors(out, f"Class probabilities of {_title(t)}", "class",
                          operation="predict_proba", model=type(self).__name__,
-                         classes=self.probe_["classes"])
+                         classes=self.probe_["classes"], graph=self._graph_record(out))
+
+    def _graph_record(self, out) -> dict | bool:
+        """What graph spreading chose for the outputs just computed (False: none)."""
+        info = self.__dict__.pop("_last_graph", None)
+        return info if info is not None else False
 
     def _probe_arrays(self) -> dict[str, np.ndarray]:
         """The head's weights for the model file (the frozen encoder is ``module_``)."""
@@ -405,11 +528,20 @@ class ProbeHeads:
                 if key.startswith("encoder.") and "lora_" not in key:
                     continue  # the frozen encoder is module_ itself
                 arrays[f"probe.{key}"] = value.detach().cpu().numpy()
+            labels = getattr(self, "_probe_labels", None)
+            if labels is not None:  # what graph spreading needs (files keep it)
+                arrays["probe_labels.z"] = labels["z"]
+                arrays["probe_labels.target"] = labels["target"]
         return arrays
 
     def _restore_probe(self, arrays: dict[str, np.ndarray]) -> None:
         """Rebuild the head recorded in ``probe_`` from a model file's arrays."""
         self._probe_net = None
+        self._probe_labels = None
+        if "probe_labels.z" in arrays:
+            self._probe_labels = {"z": np.asarray(arrays["probe_labels.z"], np.float32),
+                                  "target": np.asarray(arrays["probe_labels.target"],
+                                                       np.float32)}
         if self.probe_ is not None:
             p = self.probe_
             encoder = self.module_
