@@ -133,7 +133,8 @@ class AnomalyExplorer(t.HasTraits):
 
     def __init__(self, signal, anomalies, model=None) -> None:
         super().__init__()
-        from hyperspy_mlspec.anomaly import AnomalyResult, threshold_value
+        from hyperspy_mlspec.scoring.scores import threshold_value
+        from hyperspy_mlspec.workflows.anomaly import AnomalyResult
 
         nav_dim = signal.axes_manager.navigation_dimension
         if nav_dim not in (1, 2):

@@ -26,7 +26,7 @@ except ImportError as _err:  # pragma: no cover - the message is what matters
     raise ImportError("The Jupyter GUI of hyperspy_mlspec needs ipywidgets and link_traits: "
                       f"{GUI_EXTRA}") from _err
 
-from hyperspy_mlspec.gui.panel import METHOD_OPTIONS, METHODS
+from hyperspy_mlspec.gui._options import METHOD_OPTIONS, METHODS
 
 _LABELS = {
     "method": "Method", "n_components": "Components", "epochs": "Epochs (0: auto)",

@@ -27,20 +27,7 @@ import numpy as np
 import traits.api as t
 from hyperspy.ui_registry import add_gui_method
 
-METHODS = ("decomposition", "denoise", "anomaly_map", "cluster", "embed")
-# which options each method reads (the toolkits show only these)
-METHOD_OPTIONS = {
-    "decomposition": ("n_components", "epochs", "random_state", "decoder", "loss",
-                      "use_signal_range", "signal_range_start", "signal_range_end"),
-    "denoise": ("epochs", "random_state", "noise", "spatial", "use_signal_range",
-                "signal_range_start", "signal_range_end"),
-    "anomaly_map": ("anomaly_method", "guard", "outer", "n_components", "epochs",
-                    "random_state", "metric", "robust", "smoothing", "threshold", "k", "q",
-                    "alpha"),
-    "cluster": ("n_components", "epochs", "random_state", "n_clusters", "cluster_method",
-                "normalize"),
-    "embed": ("epochs", "random_state", "model_file"),
-}
+from hyperspy_mlspec.gui._options import METHOD_OPTIONS, METHODS
 
 
 class _PanelObserver:
@@ -422,7 +409,8 @@ class MLSpecPanel(t.HasTraits):
                                      "MaskedAutoencoder, or leave it empty to pretrain one")
 
             def call():
-                from hyperspy_mlspec import MaskedAutoencoder, load_model
+                from hyperspy_mlspec.estimators import MaskedAutoencoder
+                from hyperspy_mlspec.persistence import load_model
 
                 if path:
                     mae = load_model(path)

@@ -37,7 +37,7 @@ except ImportError as _err:  # pragma: no cover - the message is what matters
     raise ImportError(f"The Qt GUI of hyperspy_mlspec needs traitsui and PyQt5: {GUI_EXTRA}"
                       ) from _err
 
-from hyperspy_mlspec.gui.panel import METHOD_OPTIONS  # noqa: E402
+from hyperspy_mlspec.gui._options import METHOD_OPTIONS  # noqa: E402
 
 _LABELS = {
     "n_components": "Components", "epochs": "Epochs (0 = auto)", "random_state": "Seed",
