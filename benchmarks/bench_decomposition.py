@@ -4,6 +4,14 @@ Usage::
 
     .venv/bin/python -m benchmarks.bench_decomposition            # 128x128x1024 map
     .venv/bin/python -m benchmarks.bench_decomposition --quick    # 48x48x256 map
+    .venv/bin/python -m benchmarks.bench_decomposition --matrix   # issue 11 grid, ~4 min
+
+``--matrix`` (issue 11, item 5) runs ``s.mlspec.decomposition(K)`` + ``reconstruct`` with
+every default against HyperSpy's Poisson PCA + ``get_decomposition_model(K)`` at equal K =
+2, 4, 6, 8 on held-out-style maps, 2 seeds each, 1 torch thread: 64x64x1024 EELS maps with
+thickness and drift 0.3 / 1 eV at doses 10 / 100, a 64x64x1024 EDS map, and a 40x50 map of
+162 channels of 8 eV stored as raw int16 counts. It records error and time ratios (AE / PCA,
+same process) in its own section, ``## Decomposition vs PCA at equal K (issue 11)``.
 
 On one synthetic EELS map with nonlinear effects (plural scattering from a varying
 thickness, energy drift), in one process:
@@ -464,8 +472,106 @@ def interpretation(pca: list[dict], ae_all: list[dict], prof: dict, svd_s: float
 
 
 # -- main --------------------------------------------------------------------------------------
+MATRIX_TITLE = "Decomposition vs PCA at equal K (issue 11)"
+MATRIX_KS = (2, 4, 6, 8)
+
+
+def _matrix_maps(quick: bool):
+    """``(label, signal, clean)`` of the issue-11 grid (see the module docstring)."""
+    from hyperspy_mlspec.data import eds_map, eels_map
+
+    nav, ch = ((24, 24), 256) if quick else ((64, 64), 1024)
+    for seed in (0, 1):
+        for drift in (0.3, 1.0):
+            for dose in (10, 100):
+                s, tr = eels_map(nav, ch, dose, thickness=True, drift=drift,
+                                 random_state=seed, return_truth=True)
+                yield f"EELS drift {drift} eV, dose {dose}", seed, s, tr.clean
+        s, tr = eds_map(nav, ch, 20, random_state=seed, return_truth=True)
+        yield "EDS, dose 20", seed, s, tr.clean
+        s, tr = eels_map((16, 20) if quick else (40, 50), 162, 50, energy_range=(400, 1696),
+                         random_state=seed + 1, return_truth=True)
+        s.data = s.data.astype(np.int16)  # raw detector counts, 8 eV channels
+        yield "int16 40x50x162 (8 eV), dose 50", seed, s, tr.clean
+
+
+def _poisson_err(rec, clean) -> float:
+    rec = np.asarray(rec, dtype=np.float64).reshape(clean.shape)
+    return float(np.mean((rec - clean) ** 2 / np.maximum(clean, 1e-3)))
+
+
+def matrix_main(args, argv) -> dict:
+    """The ``--matrix`` run: AE / PCA error and time ratios at equal K."""
+    import hyperspy.api as hs
+    import torch
+
+    import hyperspy_mlspec  # noqa: F401 - registers s.mlspec
+
+    torch.set_num_threads(1)
+    hs.preferences.General.show_progressbar = False
+    t_start = time.perf_counter()
+    cmd = command_line(MODULE, argv)
+    print(f"$ {cmd}", flush=True)
+    info = machine_info()
+    loads = [info["load_average"]]
+    res: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for label, seed, s, clean in _matrix_maps(args.quick):
+        for k in MATRIX_KS:
+            c = s.deepcopy()
+            if c.data.dtype.kind in "iu":  # HyperSpy's PCA needs floats
+                c.change_dtype("float32")
+            t0 = time.perf_counter()
+            c.decomposition(normalize_poissonian_noise=True, output_dimension=k,
+                            print_info=False)
+            e_pca = _poisson_err(c.get_decomposition_model(k).data, clean)
+            t_pca = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            ae = s.mlspec.decomposition(k, random_state=seed, show_progressbar=False)
+            e_ae = _poisson_err(s.mlspec.reconstruct(ae).data, clean)
+            t_ae = time.perf_counter() - t0
+            res.setdefault((label, k), []).append((e_ae / e_pca, t_ae / t_pca))
+            print(f"{label} seed {seed} K={k}: err AE/PCA {e_ae / e_pca:.3f} "
+                  f"(PCA {e_pca:.4g}), time AE/PCA {t_ae / t_pca:.1f} "
+                  f"({t_ae:.2f} s / {t_pca:.2f} s)", flush=True)
+        loads.append(load_average())
+    labels = list(dict.fromkeys(lab for lab, _ in res))
+    rows = []
+    for lab in labels:
+        err = [" / ".join(f"{r:.3f}" for r, _ in res[(lab, k)]) for k in MATRIX_KS]
+        tim = max(t for k in MATRIX_KS for _, t in res[(lab, k)])
+        med = statistics.median(t for k in MATRIX_KS for _, t in res[(lab, k)])
+        rows.append([lab, *err, f"{med:.1f} (max {tim:.1f})"])
+    table = markdown_table(["map", *(f"K={k} err AE/PCA (seed 0 / 1)" for k in MATRIX_KS),
+                            "time AE/PCA median (max)"], rows)
+    wins = sum(r < 1 for v in res.values() for r, _ in v)
+    total = sum(len(v) for v in res.values())
+    total_s = time.perf_counter() - t_start
+    loads_txt = ", ".join("-" if x is None else f"{x:.2f}" for x in loads)
+    markdown = "\n".join([
+        f"Command: `{cmd}` (total {total_s / 60:.1f} min, 1 torch thread)", "",
+        machine_markdown(info), f"- 1-min load average during the run: {loads_txt}",
+        "- Error: Poisson-normalised `mean((rec - clean)^2 / clean)` against the noise-free "
+        "truth. AE = `s.mlspec.decomposition(K, random_state=seed)` + "
+        "`s.mlspec.reconstruct(ae)`, every other parameter default; PCA = HyperSpy "
+        "`decomposition(normalize_poissonian_noise=True, output_dimension=K)` + "
+        "`get_decomposition_model(K)` (int16 data converted to float32 for PCA only), same "
+        "process. Time ratio = the whole AE call / the whole PCA call (PCA's BLAS uses every "
+        "core, the AE 1 torch thread).", "", table, "",
+        f"AE below PCA in {wins} of {total} runs.",
+    ])
+    print()
+    print(table)
+    print(f"\nAE below PCA in {wins} of {total} runs; total {total_s / 60:.1f} min")
+    if not args.quick and not args.no_write:
+        path = update_results_section(MATRIX_TITLE, markdown)
+        print(f"\nwrote section '{MATRIX_TITLE}' of {path}")
+    return {"results": res, "markdown": markdown}
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = bench_parser(__doc__.splitlines()[0])
+    parser.add_argument("--matrix", action="store_true",
+                        help="issue 11 grid: AE vs PCA at equal K on several maps (~4 min)")
     parser.add_argument("--epochs", default="auto",
                         help="epochs of every AE fit: 'auto' (the default users get) or an int")
     parser.add_argument("--components", default=None,
@@ -475,6 +581,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="skip the where-does-the-time-go profile")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if args.matrix:
+        return matrix_main(args, argv)
     setup = QUICK if args.quick else FULL
     epochs = args.epochs if args.epochs == "auto" else int(args.epochs)
     ks = (tuple(int(k) for k in args.components.split(",")) if args.components

@@ -138,3 +138,28 @@ def test_wrong_feature_count_on_transform(counts):
     with pytest.raises(ValueError, match="expecting 64 features"):
         ae.transform(X[:, :10])
 
+
+
+def test_beats_hyperspy_pca_at_equal_k_on_drifted_thick_map():
+    """Issue 11 item 5: on an EELS map with a thickness gradient and a 1 eV drift the
+    default nonlinear AE reconstructs the noise-free truth better than HyperSpy's Poisson
+    PCA at the same K (measured margin at K=4 on this map: ~0.45-0.75x, see
+    benchmarks/RESULTS.md; K=2 is not asserted, the AE is ~1.05x PCA there)."""
+    import hyperspy_mlspec  # noqa: F401 - registers s.mlspec
+    from hyperspy_mlspec.data import eels_map
+
+    s, truth = eels_map((24, 24), 256, 10, thickness=True, drift=1.0, random_state=0,
+                        return_truth=True)
+    clean = truth.clean
+
+    def err(rec):
+        return np.mean((np.asarray(rec, float).reshape(clean.shape) - clean) ** 2
+                       / np.maximum(clean, 1e-3))
+
+    k = 4
+    c = s.deepcopy()
+    c.decomposition(normalize_poissonian_noise=True, output_dimension=k, print_info=False)
+    pca_err = err(c.get_decomposition_model(k).data)
+    ae = s.mlspec.decomposition(k, random_state=0, show_progressbar=False)
+    ae_err = err(s.mlspec.reconstruct(ae).data)
+    assert ae_err < 0.7 * pca_err  # 0.41-0.48x over map seeds 0-3 x AE seeds 0-1
