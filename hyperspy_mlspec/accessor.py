@@ -433,7 +433,8 @@ class MLSpecNamespace:
                        **estimator_params)
 
     def embedding_2d(self, model=None, method: str = "pca", color_by=None, *,
-                     normalize: str = "shape", navigation_mask=None, n_components: int = 4,
+                     normalize: str = "shape", navigation_mask=None,
+                     n_components: int = N_COMPONENTS,
                      random_state: int | None = 0, show_progressbar: bool | None = None,
                      **estimator_params: Any):
         """2-D embedding (PCA, or UMAP with ``umap-learn``) of the latent codes.

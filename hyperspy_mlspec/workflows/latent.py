@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from hyperspy_mlspec import signals as sio
+from hyperspy_mlspec._docs import N_COMPONENTS
 from hyperspy_mlspec.scoring.latent import cluster_labels, features
 from hyperspy_mlspec.workflows._common import (
     check_ndim,
@@ -348,7 +349,8 @@ def _labels_array(color_by, n: int) -> np.ndarray | None:
 
 
 def embedding_2d(signal, model=None, method: str = "pca", color_by=None, *,
-                 normalize: str = "shape", navigation_mask=None, n_components: int = 4,
+                 normalize: str = "shape", navigation_mask=None,
+                 n_components: int = N_COMPONENTS,
                  random_state: int | None = 0, show_progressbar: bool | None = None,
                  **estimator_params: Any):
     """2-D embedding of the latent codes, for looking at the structure of the data.
