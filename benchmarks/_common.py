@@ -45,6 +45,25 @@ _RESULTS_HEADER = (
 
 
 # -- command line --------------------------------------------------------------------------
+
+def quiet_session(threads: int | None = 1) -> None:
+    """Set up a benchmark process: no warnings or HyperSpy log noise, no progress bars,
+    ``hyperspy_mlspec`` registered and ``threads`` torch threads (these networks are small:
+    one intra-op thread is faster than two when other processes share the cores)."""
+    import logging
+    import warnings
+
+    import hyperspy.api as hs
+    import torch
+
+    import hyperspy_mlspec  # noqa: F401
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("hyperspy").setLevel(logging.ERROR)
+    hs.preferences.General.show_progressbar = False
+    if threads is not None:
+        torch.set_num_threads(threads)
+
 def bench_parser(description: str) -> argparse.ArgumentParser:
     """Argument parser with the options every benchmark understands.
 

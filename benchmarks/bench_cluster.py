@@ -27,10 +27,8 @@ Usage::
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,6 +41,7 @@ from benchmarks._common import (
     machine_info,
     machine_markdown,
     markdown_table,
+    quiet_session,
     update_results_section,
 )
 
@@ -124,15 +123,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = bench_parser(__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2, help="seeds per case")
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("hyperspy").setLevel(logging.ERROR)
-    import hyperspy.api as hs
-    import torch
-
-    import hyperspy_mlspec  # noqa: F401
-
-    hs.preferences.General.show_progressbar = False
-    torch.set_num_threads(1)
+    quiet_session()
     cmd = command_line(MODULE, argv)
     print(cmd, flush=True)
     info = machine_info()

@@ -34,14 +34,12 @@ shared with other work, so 2 processes only help when both cores are free.
 
 from __future__ import annotations
 
-import logging
 import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,6 +54,7 @@ from benchmarks._common import (
     machine_info,
     machine_markdown,
     markdown_table,
+    quiet_session,
     update_results_section,
 )
 
@@ -205,13 +204,7 @@ def tables(rows: list[dict]) -> tuple[str, str]:
 def main(argv: Sequence[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = bench_parser(__doc__.splitlines()[0]).parse_args(argv)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("hyperspy").setLevel(logging.ERROR)
-    import hyperspy.api as hs
-    import torch
-
-    hs.preferences.General.show_progressbar = False
-    torch.set_num_threads(1)
+    quiet_session()
     cmd = command_line(MODULE, argv)
     print(cmd, flush=True)
     info = machine_info()
