@@ -104,8 +104,13 @@ def _warm_up() -> None:
 
     s = eels_map((8, 8), 64, 20, random_state=0)
     s.mlspec.decomposition(2, epochs=1)
-    s.mlspec.denoise(epochs=1)
-    s.mlspec.anomaly_map(epochs=2)
+    # the default paths (spatial denoiser, context score, model-free phase codes) and the
+    # autoencoder routes they replace
+    s.mlspec.denoise()
+    s.mlspec.denoise(spatial=False, epochs=1)
+    s.mlspec.anomaly_map()
+    s.mlspec.anomaly_map(method="autoencoder", epochs=2)
+    s.mlspec.cluster(n_clusters=2)
     s.mlspec.cluster(n_clusters=2, epochs=1)
     c = s.deepcopy()
     c.decomposition(normalize_poissonian_noise=True, print_info=False)
