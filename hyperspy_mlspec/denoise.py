@@ -245,14 +245,8 @@ def _spatial_denoise(signal, model, noise, *, align, navigation_mask, signal_ran
             sio.record(maps[key], "denoise residual statistics", statistic=key)
         results.append(maps)
     if return_shift:
-        sig = s.axes_manager.signal_axes[0]
-        units = sig.units if isinstance(sig.units, str) and sig.units not in (
-            "<undefined>", "") else "channels"
-        factor = float(sig.scale) if units != "channels" else 1.0
-        data_shift = np.zeros(valid.shape, dtype=np.float32) if shift is None else \
-            (shift.shift * factor).astype(np.float32)
-        shift_sig = sio.navigation_image(s, data_shift, f"Energy shift of {title}",
-                                         f"Energy shift ({units})")
+        shift_sig = sio.shift_image(s, np.zeros(valid.shape) if shift is None else shift.shift,
+                                    f"Energy shift of {title}")
         sio.record(shift_sig, "estimate_shift", used_for_alignment=shift is not None,
                    pooling="none" if shift is None else shift.pooling,
                    width=float("nan") if shift is None else float(shift.sigma))
@@ -567,21 +561,14 @@ def estimate_shift_signal(signal, *, navigation_mask=None, signal_range=None,
                          "resample the signal first (s.interpolate_on_axis).")
     data, valid, t = _spatial_input(signal, navigation_mask, signal_range)
     est = estimate_shift_array(data, valid, _navigation_scale(signal))
-    scale = float(sig.scale)
-    units = sig.units if isinstance(sig.units, str) and sig.units not in (
-        "<undefined>", "") else "channels"
-    unit_scale = scale if units != "channels" else 1.0
     title = signal.metadata.General.title
-    quantity = f"Energy shift ({units})"
-    out = sio.navigation_image(signal, (est.shift * unit_scale).astype(np.float32),
-                               f"Energy shift of {title}", quantity)
+    out = sio.shift_image(signal, est.shift, f"Energy shift of {title}")
     sio.record(out, "estimate_shift", pooling=est.pooling, width=float(est.sigma),
-               iterations=int(est.n_iter), units=units)
+               iterations=int(est.n_iter), units=sio.shift_units(signal))
     if not return_uncertainty:
         return out
-    unc = sio.navigation_image(signal, (est.uncertainty * unit_scale).astype(np.float32),
-                               f"Energy shift uncertainty of {title}",
-                               f"Energy shift standard error ({units})")
+    unc = sio.shift_image(signal, est.uncertainty, f"Energy shift uncertainty of {title}",
+                          "Energy shift standard error")
     return out, unc
 
 

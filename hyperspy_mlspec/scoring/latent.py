@@ -82,11 +82,7 @@ def cluster_labels(features: np.ndarray, n_clusters: int, method: str = "kmeans"
         from sklearn.cluster import AgglomerativeClustering
 
         raw = AgglomerativeClustering(n_clusters).fit_predict(features)
-    sizes = np.bincount(raw, minlength=n_clusters)
-    order = np.argsort(-sizes, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    return rank[raw]
+    return _by_size(raw, n_clusters)
 
 
 # -- spatial phase maps -----------------------------------------------------------------------
@@ -358,9 +354,9 @@ def drift(rows, nav_shape: tuple[int, ...], valid: np.ndarray, *,
         est = estimate_shift(Xb, vb, max_pixels=max(max_pixels, int(vb.size)))
         shift = est.shift if factor == 1 else _upsample(est.shift, nav_shape, factor)
     else:
-        X = np.asarray(rows, dtype=np.float64).reshape(nav_shape + (d,))
-        ok = valid.reshape(nav_shape) & np.isfinite(X).all(axis=-1)
-        est = estimate_shift(np.where(ok[..., None], X, 0.0), ok, max_pixels=max_pixels)
+        # estimate_shift leaves out invalid and non-finite pixels itself
+        est = estimate_shift(np.asarray(rows).reshape(nav_shape + (d,)),
+                             valid.reshape(nav_shape), max_pixels=max_pixels)
         shift = est.shift
     shift = np.nan_to_num(np.asarray(shift, dtype=np.float64)).ravel()
     return np.where(valid, shift, 0.0), est

@@ -19,6 +19,8 @@ from hyperspy_mlspec.signals.outputs import (
     SignalOutputs,
     navigation_image,
     record,
+    shift_image,
+    shift_units,
     signal_like,
     vector_signal,
 )
@@ -61,6 +63,8 @@ __all__ = [
     "record",
     "rows_of",
     "save",
+    "shift_image",
+    "shift_units",
     "signal_channels",
     "signal_like",
     "table",

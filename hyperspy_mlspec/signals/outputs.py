@@ -94,6 +94,34 @@ def navigation_image(signal, data, title: str, quantity: str | None = None):
     return out
 
 
+def shift_image(signal, shift, title: str, what: str = "Energy shift"):
+    """A per-pixel energy shift measured in channels (``nav_shape`` array) as a navigation
+    image in the units of ``signal``'s energy axis (channels when it has none).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import hyperspy_mlspec
+    >>> s = hyperspy_mlspec.data.eels_map((4, 4), n_channels=64)
+    >>> out = shift_image(s, np.ones((4, 4)), "shift")
+    >>> out.metadata.Signal.quantity, float(out.data[0, 0]) == s.axes_manager[-1].scale
+    ('Energy shift (eV)', True)
+    """
+    import numpy as np
+
+    units = shift_units(signal)
+    factor = float(signal.axes_manager.signal_axes[0].scale) if units != "channels" else 1.0
+    data = (np.asarray(shift, dtype=np.float64) * factor).astype(np.float32)
+    return navigation_image(signal, data, title, f"{what} ({units})")
+
+
+def shift_units(signal) -> str:
+    """Units of an energy shift on ``signal``: its energy axis' units, or ``"channels"``
+    when the axis has none."""
+    units = signal.axes_manager.signal_axes[0].units
+    return units if isinstance(units, str) and units not in ("<undefined>", "") else "channels"
+
+
 class SignalOutputs:
     """The :class:`~hyperspy_mlspec.arrays.Reassembler` of tables made from a signal: the
     core's full-grid results become signals with the navigation axes of ``signal``, their

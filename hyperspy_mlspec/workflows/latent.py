@@ -9,7 +9,7 @@ import numpy as np
 
 from hyperspy_mlspec import signals as sio
 from hyperspy_mlspec._docs import N_COMPONENTS
-from hyperspy_mlspec.scoring.latent import cluster_labels, features
+from hyperspy_mlspec.scoring.latent import NORMALIZE, cluster_labels, features
 from hyperspy_mlspec.workflows._common import (
     check_ndim,
     excluded_pixels,
@@ -268,9 +268,8 @@ def cluster(signal, model=None, n_clusters: int = 4, method: str = "kmeans", *,
             raise ValueError(f"method={method!r} applies to model codes; the map's own phase "
                              "codes are clustered by a k-means-started mixture (method="
                              "'kmeans'). Pass a fitted model to use other methods.")
-        if normalize not in ("shape", "none", "standard"):
-            raise ValueError("normalize must be one of ('shape', 'none', 'standard'), got "
-                             f"{normalize!r}")
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
         k = int(n_clusters + 2 if n_components is None else n_components)
         codes, valid, labels, shift, beta, radius_used = _phase_route(
             signal, int(n_clusters), navigation_mask, k, align, radius, smooth,
@@ -278,19 +277,13 @@ def cluster(signal, model=None, n_clusters: int = 4, method: str = "kmeans", *,
         labels = labels.astype(np.int32)
         normalize_used = "none"
         if shift is not None:
-            sig = signal.axes_manager.signal_axes[0]
-            units = sig.units if isinstance(sig.units, str) and sig.units not in (
-                "<undefined>", "") else "channels"
-            factor = float(sig.scale) if units != "channels" else 1.0
-            shift_map = np.where(valid, shift * factor, np.nan).reshape(nav_shape)
-            shift_sig = sio.navigation_image(signal, shift_map.astype(np.float32),
-                                             f"Energy shift of {title_of(signal)}",
-                                             f"Energy shift ({units})")
+            shift_sig = sio.shift_image(signal, np.where(valid, shift, np.nan).reshape(nav_shape),
+                                        f"Energy shift of {title_of(signal)}")
     else:
         if model is None and random_state is not None:
             params.setdefault("random_state", random_state)
         codes, valid, model = _latent(signal, model, navigation_mask,
-                                      4 if n_components is None else n_components,
+                                      N_COMPONENTS if n_components is None else n_components,
                                       show_progressbar, params)
         if codes.shape[0] < n_clusters:
             raise ValueError(f"n_clusters={n_clusters} but only {codes.shape[0]} pixels "

@@ -348,17 +348,19 @@ class ProbeHeads:
             return float(step(batch, False))
 
     def _probe_outputs(self, X, navigation_mask, what: str, graph="auto"):
-        self.__dict__.pop("_last_graph", None)
+        """``(outputs, table, graph)``: ``graph`` is what graph spreading chose (recorded in
+        the result's metadata), False when the pixels were predicted one by one."""
         t = self._table(X, navigation_mask)
         task = self.probe_["task"]
         if what in ("predict_proba",) and task != "classification":
             raise ValueError("predict_proba needs a classification head")
         if self._use_graph(t, graph):
-            return self._graph_outputs(t, what), t
+            out, info = self._graph_outputs(t, what)
+            return out, t, info
         n_out = (len(self.probe_["classes"]) if what == "predict_proba"
                  else (1 if task == "classification" else self.probe_["n_targets"]))
         out = self._map_rows(t.rows, functools.partial(self._probe_tensor, what=what), n_out)
-        return out, t
+        return out, t, False
 
     def _use_graph(self, t, graph) -> bool:
         if graph not in ("auto", True, False):
@@ -376,9 +378,9 @@ class ProbeHeads:
             return False
         return bool(graph) and is_map
 
-    def _graph_outputs(self, t, what: str) -> np.ndarray:
+    def _graph_outputs(self, t, what: str) -> tuple[np.ndarray, dict]:
         """Probe outputs of the table's pixels spread over the map graph
-        (:func:`~hyperspy_mlspec.estimators.mae.graph.spread_predict`)."""
+        (:func:`~hyperspy_mlspec.estimators.mae.graph.spread_predict`), and what it chose."""
         from hyperspy_mlspec.estimators.mae.graph import spread_predict
 
         net, task = self._probe_net, self.probe_["task"]
@@ -434,7 +436,6 @@ class ProbeHeads:
 
         est, info = spread_predict(z, z_lab, targets, fit_head, tuple(t.nav_shape),
                                    t.nav_index, classification, seed=self._seed())
-        self._last_graph = info
         if what == "predict_proba":
             out = est
         elif classification:
@@ -448,7 +449,7 @@ class ProbeHeads:
             import dask.array as da
 
             out = da.from_array(out, chunks=(t.rows.chunks[0], out.shape[1]))
-        return out
+        return out, info
 
     @available_if(_has_head)
     def predict(self, X, *, navigation_mask=None, graph: bool | str = "auto"):
@@ -479,7 +480,7 @@ class ProbeHeads:
             signal, a navigation-shaped map (Signal2D for a 2-D map) with its navigation
             axes, lazy for a lazy signal.
         """
-        out, t = self._probe_outputs(X, navigation_mask, "predict", graph)
+        out, t, graph_info = self._probe_outputs(X, navigation_mask, "predict", graph)
         task = self.probe_["task"]
         if task == "classification":
             classes = np.asarray(self.probe_["classes"])
@@ -493,7 +494,7 @@ class ProbeHeads:
         squeeze = task == "classification" or not self.probe_["target_shape"]
         details = dict(operation="predict", model=type(self).__name__,
                        head=self.probe_["head"], task=task, n_labels=int(self.probe_["n_labels"]),
-                       graph=self._graph_record(out))
+                       graph=graph_info)
         title = ("MAE phase map" if task == "classification" else "MAE regression") + \
             f" of {_title(t)}"
         if not squeeze:  # several targets: one spectrum-like vector per pixel
@@ -509,15 +510,10 @@ class ProbeHeads:
         navigation axes and a ``"class"`` signal axis (order of ``probe_["classes"]``).
         ``graph`` as in :meth:`predict` (the spread probabilities).
         """
-        out, t = self._probe_outputs(X, navigation_mask, "predict_proba", graph)
+        out, t, graph_info = self._probe_outputs(X, navigation_mask, "predict_proba", graph)
         return t.vectors(out, f"Class probabilities of {_title(t)}", "class",
                          operation="predict_proba", model=type(self).__name__,
-                         classes=self.probe_["classes"], graph=self._graph_record(out))
-
-    def _graph_record(self, out) -> dict | bool:
-        """What graph spreading chose for the outputs just computed (False: none)."""
-        info = self.__dict__.pop("_last_graph", None)
-        return info if info is not None else False
+                         classes=self.probe_["classes"], graph=graph_info)
 
     def _probe_arrays(self) -> dict[str, np.ndarray]:
         """The head's weights for the model file (the frozen encoder is ``module_``)."""
