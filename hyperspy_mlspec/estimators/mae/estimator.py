@@ -10,10 +10,13 @@ and files of different channel counts and calibrations, then gives an embedding 
 How spectra reach the model
 ---------------------------
 Every spectrum is resampled (linear interpolation, :func:`hyperspy_mlspec.arrays.alignment`)
-onto ``n_channels`` evenly spaced bins spanning either its own signal range (default: the
-model learns spectral *shapes*, whatever the calibration, so EELS, EDS, Raman and XRD can
-share one pretraining pool) or a common ``signal_range`` (then positions are absolute: pint
-converts eV and keV; incompatible units are refused). It is then normalised per spectrum
+onto ``n_channels_`` evenly spaced bins (by default the pool's own channel count, rounded to
+a multiple of a patch width chosen for about 32 patches:
+:func:`~hyperspy_mlspec.estimators.mae.pool.auto_grid`) spanning either its own signal
+range (default: the model learns spectral *shapes*, whatever the calibration, so EELS,
+EDS, Raman and XRD can share one pretraining pool) or a common ``signal_range`` (then
+positions are absolute: pint converts eV and keV; incompatible units are refused). It is
+then normalised per spectrum
 (``normalization``): ``"log"`` (``log1p`` of counts, then zero mean and unit variance per
 spectrum: dose and thickness multiply a spectrum, which becomes an offset in log space and
 is removed, while small edges stay visible next to a decade-spanning background) or
@@ -24,7 +27,7 @@ The embedding
 -------------
 The encoder gives one token per patch; ``pooling`` turns them into one vector per spectrum.
 ``"segments"`` (default) averages the tokens of ``n_segments`` contiguous groups of patches
-(energy windows: 8 windows of 8 patches for the default 64 patches) and concatenates them,
+(energy windows: 8 windows of 4 patches for the default 32 patches) and concatenates them,
 ``n_segments * embed_dim`` features; ``"mean"`` averages all tokens, ``embed_dim`` features.
 Where along the energy axis a feature sits is what tells an oxidation state (a 1-2 eV
 chemical shift) or a peak area apart, and the global mean blurs it: in
@@ -48,6 +51,12 @@ from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from hyperspy_mlspec.engine import PoolSource, resolve_device
+from hyperspy_mlspec.engine.budget import (
+    DEFAULT_STEPS,
+    auto_batch_size,
+    auto_budget,
+    validation_fraction,
+)
 from hyperspy_mlspec.estimators.base import SpectralEstimator
 from hyperspy_mlspec.estimators.mae.pool import PoolInputs, _title
 from hyperspy_mlspec.estimators.mae.probe import ProbeHeads
@@ -57,6 +66,9 @@ from hyperspy_mlspec.persistence import register_model
 NORMALIZATIONS = ("auto", "log", "standard")
 _ARCH = ("n_channels", "patch_size", "embed_dim", "depth", "heads", "decoder_dim",
          "decoder_depth", "decoder_heads")
+_GRID = ("n_channels", "patch_size")  # may be "auto": resolved from the pool
+_MAX_BATCH = 256
+_MAX_PASSES = 200
 
 
 
@@ -74,13 +86,19 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
     Parameters
     ----------
     n_channels
-        Bins every spectrum is resampled onto; a multiple of ``patch_size``.
+        Bins every spectrum is resampled onto, a multiple of ``patch_size``, or ``"auto"``:
+        the pool's own channel count (of its largest item, within ``signal_range``; at
+        most 4096) rounded to a multiple of the patch width (162 channels -> 160).
     patch_size
-        Bins per patch (token): 2048 / 32 gives 64 patches.
+        Bins per patch (token), or ``"auto"``: about ``n_channels / 32`` (32 patches: 5
+        bins for 160 channels, 32 for 1024). The encoder's cost grows with the number of
+        patches, not with the channels.
     mask_ratio
         Fraction of patches hidden during pretraining.
     embed_dim, depth, heads
-        Encoder width, blocks and attention heads.
+        Encoder width, blocks and attention heads (64, 2, 4: the encoder of the
+        few-label map benchmark, ``benchmarks/bench_mae_map.py``; 128 wide and 4 deep
+        costs 6x more per spectrum).
     decoder_dim, decoder_depth, decoder_heads
         The lighter decoder's width, blocks and heads.
     norm_pix_loss
@@ -104,14 +122,17 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
         strings/pint quantities (``("0.4 keV", "0.9 keV")``), converted to each signal's
         units; signals whose units cannot be converted are refused.
     epochs
-        Passes over the pool, or ``"auto"`` (about 2000 optimiser steps, 10-200 epochs);
-        early stopping on a held-out split often ends sooner.
+        Passes over the pool, or ``"auto"``: a budget in spectra seen of about 300
+        optimiser steps (at least one pass, at most 200): ~20 passes over a 64x64 map,
+        one over a map of 80,000 spectra; early stopping on the held-out split often
+        ends sooner.
     batch_size
-        Spectra per minibatch or ``"auto"`` (n/8 clipped to 8-256).
+        Spectra per minibatch or ``"auto"`` (about n/16, a power of two from 16 to 256).
     learning_rate, weight_decay
         Adam settings.
     validation_fraction
-        Fraction of spectra held out for early stopping (none below 160 spectra).
+        Fraction of spectra held out for early stopping (none below 160 spectra, at most
+        4096 spectra).
     patience
         Epochs without improvement before stopping; None trains for all ``epochs``.
     partial_fit_epochs
@@ -130,6 +151,8 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
     ----------
     module_ : MaskedSpectrumTransformer
         The pretrained network.
+    n_channels_, patch_size_ : int
+        The model's grid (``n_channels`` / ``patch_size`` resolved from the pool).
     pool_ : list of dict
         One record per pretraining item: ``name``, ``kind`` (signal, array, file),
         ``n_spectra``, ``n_channels`` (original), ``range``, ``units``, ``resampled``,
@@ -147,17 +170,18 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
     --------
     >>> from hyperspy_mlspec.data import eels_map
     >>> s = eels_map((16, 16), n_channels=256)
-    >>> mae = MaskedAutoencoder(256, 16, embed_dim=32, depth=1, decoder_dim=16,
-    ...                         decoder_depth=1, heads=2, decoder_heads=2, epochs=2,
-    ...                         random_state=0, show_progressbar=False).fit(s)
-    >>> mae.transform(s).shape  # 16 patches in 8 segments of 32 features
+    >>> mae = MaskedAutoencoder(embed_dim=32, depth=1, decoder_dim=16, heads=2,
+    ...                         epochs=2, random_state=0, show_progressbar=False).fit(s)
+    >>> mae.n_channels_, mae.patch_size_  # the map's 256 channels in 32 patches
+    (256, 8)
+    >>> mae.transform(s).shape  # 32 patches in 8 segments of 32 features
     (256, 256)
     """
 
-    def __init__(self, n_channels: int = 2048, patch_size: int = 32, *,
-                 mask_ratio: float = 0.75, embed_dim: int = 128, depth: int = 4,
-                 heads: int = 4, decoder_dim: int = 64, decoder_depth: int = 2,
-                 decoder_heads: int = 4, norm_pix_loss: bool = False,
+    def __init__(self, n_channels: int | str = "auto", patch_size: int | str = "auto", *,
+                 mask_ratio: float = 0.75, embed_dim: int = 64, depth: int = 2,
+                 heads: int = 4, decoder_dim: int = 32, decoder_depth: int = 1,
+                 decoder_heads: int = 2, norm_pix_loss: bool = False,
                  pooling: str = "segments", n_segments: int | str = "auto",
                  normalization: str = "auto", signal_range=None,
                  epochs: int | str = "auto", batch_size: int | str = "auto",
@@ -196,12 +220,19 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
     def _check_params(self) -> None:
         for name in _ARCH + ("partial_fit_epochs",):
             value = getattr(self, name)
-            if not (isinstance(value, numbers.Integral) and value >= 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.n_channels % self.patch_size:
+            if name in _GRID and value == "auto":
+                continue
+            if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                    and value >= 1):
+                kind = "'auto' or a positive integer" if name in _GRID else "a positive integer"
+                raise ValueError(f"{name} must be {kind}, got {value!r}")
+        grid_known = "auto" not in (self.n_channels, self.patch_size)
+        if grid_known and self.n_channels % self.patch_size:
             raise ValueError(f"n_channels={self.n_channels} must be a multiple of "
-                             f"patch_size={self.patch_size} (e.g. 2048 and 32: 64 patches)")
-        if self.n_channels // self.patch_size < 2:
+                             f"patch_size={self.patch_size} (e.g. 1024 and 32: 32 patches), "
+                             "or leave either 'auto'")
+        if grid_known and self.n_channels // self.patch_size < 2 or \
+                self.n_channels != "auto" and self.n_channels < 2:
             raise ValueError("n_channels // patch_size must give at least 2 patches")
         if self.embed_dim % self.heads or self.decoder_dim % self.decoder_heads:
             raise ValueError("embed_dim must be divisible by heads and decoder_dim by "
@@ -212,10 +243,11 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.pooling == "segments":
             n = self.n_segments
+            most = self.n_patches if grid_known else None
             if n != "auto" and not (isinstance(n, numbers.Integral) and not isinstance(
-                    n, bool) and 1 <= n <= self.n_patches):
+                    n, bool) and 1 <= n <= (most or n)):
                 raise ValueError(f"n_segments must be 'auto' or an integer from 1 to the "
-                                 f"{self.n_patches} patches of the model, got {n!r}")
+                                 f"{most or 'number of'} patches of the model, got {n!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, "
                              f"got {self.normalization!r}")
@@ -225,12 +257,18 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
 
     @property
     def n_patches(self) -> int:
-        """Patches (tokens) per spectrum."""
+        """Patches (tokens) per spectrum (of the fitted grid, else of explicit
+        parameters)."""
+        if hasattr(self, "n_channels_"):
+            return self.n_channels_ // self.patch_size_
+        if "auto" in (self.n_channels, self.patch_size):
+            raise AttributeError("n_patches follows from the data with n_channels='auto' "
+                                 "or patch_size='auto': fit the model first")
         return self.n_channels // self.patch_size
 
     def _build_module(self, n_features: int) -> MaskedSpectrumTransformer:
         return MaskedSpectrumTransformer(
-            self.n_channels, self.patch_size, embed_dim=self.embed_dim, depth=self.depth,
+            self.n_channels_, self.patch_size_, embed_dim=self.embed_dim, depth=self.depth,
             heads=self.heads, decoder_dim=self.decoder_dim, decoder_depth=self.decoder_depth,
             decoder_heads=self.decoder_heads, mask_ratio=self.mask_ratio,
             norm_pix_loss=self.norm_pix_loss, input_transform=self.normalization_,
@@ -251,15 +289,20 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
         return step
 
     def _batch_size(self, n_rows: int) -> int:
-        # the MAE keeps its own rule (the engine's default grows batches to 1024)
+        # the engine's rule, but at most 256: larger batches of a transformer's activations
+        # leave the caches and give fewer steps of the same budget
         if self.batch_size == "auto":
-            return int(np.clip(n_rows // 8, 8, 256))
+            return auto_batch_size(n_rows, "cpu", high=_MAX_BATCH)
         return int(self.batch_size)
 
     def _epochs(self, n_rows: int, batch_size: int) -> int:
+        # a budget in spectra seen (engine.budget), counted in whole passes so that
+        # checkpoints and resume=True keep counting epochs
         if self.epochs == "auto":
-            steps_per_epoch = max(1, math.ceil(n_rows / batch_size))
-            return int(np.clip(math.ceil(2000 / steps_per_epoch), 10, 200))
+            budget = auto_budget(n_rows, batch_size, steps=DEFAULT_STEPS,
+                                 max_passes=_MAX_PASSES)
+            return int(np.clip(math.ceil(budget.max_samples / max(1, n_rows)), 1,
+                               _MAX_PASSES))
         return int(self.epochs)
 
     # -- the pool ---------------------------------------------------------------------------
@@ -300,7 +343,7 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
             self._load_checkpoint(self.checkpoint)
         continuing = resume and hasattr(self, "module_")
         seed = self._seed() + (self.n_epochs_ if continuing else 0)
-        pool, records = self._pool(X, seed)
+        pool, records = self._pool(X, seed, resolve=not continuing)
         if not continuing:
             self._initialise_pool(pool, seed)
         else:
@@ -309,8 +352,9 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
         if self.batch_size != "auto" and batch_size > pool.n_rows:
             raise ValueError(f"batch_size={batch_size} is larger than the number of spectra "
                              f"({pool.n_rows}): use a smaller batch_size or batch_size='auto'.")
-        fraction = self.validation_fraction if pool.n_rows * self.validation_fraction >= 8 \
-            else 0.0
+        # at most a few thousand held-out spectra: a validation pass costs a small fraction
+        # of an epoch on large pools
+        fraction = validation_fraction(pool.n_rows, self.validation_fraction)
         pool.validation_fraction = fraction
         total = self._epochs(pool.count("train"), batch_size)
         if not continuing:
@@ -335,7 +379,7 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
         self._check_params()
         first = not hasattr(self, "module_")
         seed = self._seed() + getattr(self, "n_epochs_", 0)
-        pool, records = self._pool(X, seed)
+        pool, records = self._pool(X, seed, resolve=first)
         if first:
             self._initialise_pool(pool, seed)
             self.epochs_ = 0
@@ -364,8 +408,8 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
         self.device_ = str(resolve_device(self.device))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.module_ = self._build_module(self.n_channels).to(self.device_)
-        self.n_features_in_ = self.n_channels
+            self.module_ = self._build_module(self.n_channels_).to(self.device_)
+        self.n_features_in_ = self.n_channels_
         self._optimizer = None
         self.history_ = []
         self.n_epochs_ = 0
@@ -423,7 +467,7 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
         self.module_.set_pooling(self.pooling, self.n_segments)
 
     # -- embeddings -------------------------------------------------------------------------
-    def _apply_numpy(self, X: np.ndarray, fn, batch: int = 512) -> np.ndarray:
+    def _apply_numpy(self, X: np.ndarray, fn, batch: int = 2048) -> np.ndarray:
         return super()._apply_numpy(X, fn, batch=batch)
 
     @staticmethod
@@ -478,7 +522,8 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
                          operation="embed", model=type(self).__name__,
                          embed_dim=int(self.embed_dim), pooling=self.module_.pooling,
                          n_segments=int(self.module_.n_segments),
-                         n_channels=int(self.n_channels), normalization=self.normalization_,
+                         n_channels=int(self.n_channels_), patch_size=int(self.patch_size_),
+                         normalization=self.normalization_,
                          signal_range=self.signal_range_, n_epochs=int(self.n_epochs_))
 
     # -- persistence ------------------------------------------------------------------------
@@ -495,6 +540,7 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
     def _fitted_config(self) -> dict:
         config = {
             "n_features_in_": int(self.n_features_in_), "normalization_": self.normalization_,
+            "n_channels_": int(self.n_channels_), "patch_size_": int(self.patch_size_),
             "signal_range_": self.signal_range_, "pool_": self.pool_,
             "n_epochs_": int(self.n_epochs_), "epochs_": int(self.epochs_),
             "history_": self.history_, "probe_": self.probe_,
@@ -514,11 +560,14 @@ class MaskedAutoencoder(PoolInputs, ProbeHeads, TransformerMixin, SpectralEstima
             setattr(self, key, config[key])
         self.signal_axis_ = None
         self.device_ = str(resolve_device(self.device))
+        # the grid as fitted (files from before "auto" store explicit integer parameters)
+        self.n_channels_ = int(config.get("n_channels_", self.n_channels))
+        self.patch_size_ = int(config.get("patch_size_", self.patch_size))
         # the embedding the file's probe and users were fitted on, not today's default
         self.pooling = config.get("pooling", "mean")
         if self.pooling == "segments":
             self.n_segments = config["n_segments"]
-        self.module_ = self._build_module(self.n_channels)
+        self.module_ = self._build_module(self.n_channels_)
         self.module_.load_state_dict(weights)
         self.module_.to(self.device_).eval()
         self._optimizer = None
