@@ -523,3 +523,83 @@ def test_load_model_refuses_weights_of_another_shape(fitted, tmp_path):
     save_file(tensors, str(path), metadata={"config": text, "sha256": _checksum(text, tensors)})
     with pytest.raises(ValueError, match="do not match the recorded architecture"):
         load_model(path)
+
+
+# -- the grid and budget from the data (issue 14) -------------------------------------------
+def test_auto_grid_follows_the_data_and_keeps_explicit_values():
+    from hyperspy_mlspec.estimators.mae.pool import auto_grid
+
+    assert auto_grid(162) == (160, 5)  # 32 patches of 5 bins, not 2048 resampled bins
+    assert auto_grid(1024) == (1024, 32) and auto_grid(512) == (512, 16)
+    assert auto_grid(2048) == (2048, 64)
+    assert auto_grid(20) == (20, 1) and auto_grid(3) == (3, 1)
+    assert auto_grid(10**5) == (4096, 128)  # capped
+    assert auto_grid(162, 2048, 32) == (2048, 32)
+    assert auto_grid(162, 2048) == (2048, 64)
+    assert auto_grid(162, patch_size=8) == (160, 8)
+    assert auto_grid(100, 96) == (96, 3)  # the divisor of 96 nearest 96 / 32
+
+
+def test_default_grid_on_a_162_channel_int16_map_and_its_embedding(tmp_path):
+    s = eels_map((8, 10), 162, 50, energy_range=(400, 1696), random_state=1)
+    s.data = s.data.astype(np.int16)
+    mae = MaskedAutoencoder(epochs=1, random_state=0, show_progressbar=False).fit(s)
+    assert (mae.n_channels_, mae.patch_size_, mae.n_patches) == (160, 5, 32)
+    assert mae.n_features_in_ == 160 and mae.pool_[0]["resampled"]
+    # 8 segments of 4 patches x the 64-wide default encoder
+    assert mae.module_.n_segments == 8 and mae.n_embedding == 8 * 64
+    e = s.mlspec.embed(mae)
+    assert e.data.shape == (8, 10, 512) and e.data.dtype == np.float32
+    assert np.isfinite(e.data).all()
+    md = e.metadata.MLSpec.as_dictionary()
+    last = md[max(md, key=lambda k: int(k.rsplit("_", 1)[1]))]
+    assert last["n_channels"] == 160 and last["patch_size"] == 5
+    # the grid is fitted state: a saved model keeps it, the parameters stay "auto"
+    mae.save(tmp_path / "auto.mlspec")
+    back = load_model(tmp_path / "auto.mlspec")
+    assert back.n_channels == "auto" and (back.n_channels_, back.patch_size_) == (160, 5)
+    np.testing.assert_array_equal(back.embed(s).data, e.data)
+    with pytest.raises(AttributeError, match="fit the model first"):
+        MaskedAutoencoder().n_patches  # noqa: B018
+
+
+def test_files_without_a_fitted_grid_load_with_their_explicit_parameters(fitted, eels,
+                                                                         tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from hyperspy_mlspec.persistence import _checksum
+
+    path = tmp_path / "old.mlspec"
+    fitted.save(path)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        config = json.loads(f.metadata()["config"])
+    assert config["params"]["n_channels"] == C and config["fitted"]["n_channels_"] == C
+    for key in ("n_channels_", "patch_size_"):  # as written before n_channels="auto"
+        del config["fitted"][key]
+    text = json.dumps(config)
+    save_file(tensors, str(path), metadata={"config": text, "sha256": _checksum(text, tensors)})
+    old = load_model(path)
+    assert (old.n_channels_, old.patch_size_) == (C, 16)
+    X = eels[0].data.reshape(-1, C)[:20]
+    np.testing.assert_array_equal(old.transform(X), fitted.transform(X))
+
+
+def test_auto_budget_counts_spectra_seen_not_a_fixed_number_of_steps():
+    mae = MaskedAutoencoder()
+    # a 64x64 map (3891 training spectra): batch 256, ~300 steps = 20 passes
+    assert mae._batch_size(4096) == 256 and mae._epochs(3891, 256) == 20
+    assert mae._batch_size(2000) == 128 and mae._epochs(1900, 128) == 21
+    assert mae._epochs(80000, 256) == 1  # a large pool: one pass
+    assert MaskedAutoencoder(epochs=7)._epochs(80000, 256) == 7
+
+
+def test_auto_grid_parameters_are_checked():
+    for bad in ("big", 0, 2.5):
+        with pytest.raises(ValueError, match="n_channels must be 'auto' or a positive"):
+            MaskedAutoencoder(n_channels=bad).fit(np.ones((4, C)))
+    with pytest.raises(ValueError, match="patch_size must be 'auto' or a positive"):
+        MaskedAutoencoder(patch_size=-1).fit(np.ones((4, C)))
