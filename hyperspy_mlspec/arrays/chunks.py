@@ -1,9 +1,10 @@
 """How many spectra a lazy block holds: row blocks sized from a memory budget.
 
 A lazy computation holds, per block in flight, the block read from disk, the model's
-output block (float32) and the model's temporaries: measured about ``BLOCK_COPIES`` times
-the block in float32 (``benchmarks/bench_out_of_core.py --issue14``). dask runs one block
-per worker thread, so the row count of a block is chosen as::
+output block (float32), the model's temporaries and what the worker thread's allocator
+keeps: measured about ``BLOCK_COPIES`` times the block in float32
+(``benchmarks/bench_out_of_core.py --issue14``). dask runs one block per worker thread,
+so the row count of a block is chosen as::
 
     rows = memory_budget() / (workers * BLOCK_COPIES * n_channels * 4 bytes)
 
@@ -26,8 +27,9 @@ __all__ = ["BLOCK_COPIES", "MEMORY_BUDGET", "block_rows", "dask_workers", "memor
 #: bytes for all lazy blocks in flight together (with the ~420 MiB that Python, torch,
 #: HyperSpy and exspy take, a whole process stays well under 1 GiB)
 MEMORY_BUDGET = 256 * 2**20
-#: float32 copies of a block held per task (input, output, model temporaries: measured 3-4)
-BLOCK_COPIES = 4
+#: float32 copies of a block held per task: input, output and model temporaries (3-4),
+#: plus what each worker thread's allocator keeps between blocks (measured 6-8 in all)
+BLOCK_COPIES = 6
 _CONFIG_KEY = "mlspec.memory-budget"
 
 
@@ -120,9 +122,9 @@ def block_rows(n_channels: int, *, workers: int | None = None,
     Examples
     --------
     >>> block_rows(2048, workers=2, budget=256 * 2**20)
-    4096
+    2730
     >>> block_rows(2048, workers=16, budget=256 * 2**20)
-    512
+    341
     """
     workers = dask_workers() if workers is None else max(1, int(workers))
     budget = memory_budget() if budget is None else int(budget)
