@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python -m benchmarks.bench_out_of_core            # 2 GiB file (256x512x4096)
     .venv/bin/python -m benchmarks.bench_out_of_core --quick    # 64 MiB file, a smoke test
+    .venv/bin/python -m benchmarks.bench_out_of_core --issue14 [--sweep]  # issue 14, below
 
 A synthetic spectrum image of Poisson counts (float32, a mixture of three peaked spectra on
 a background) is written to an ``.hspy`` file chunk by chunk (never held in memory), with
@@ -22,6 +23,15 @@ size of the child process sampled every 20 ms (psutil) during the call, minus th
 size just before it (imports done, file opened); ``ru_maxrss`` of the child is reported too.
 Throughput: spectra of the input per second of wall time of the call; the ratio is
 in-memory spectra/s over lazy spectra/s (1 = streaming costs nothing).
+
+``--issue14`` (section "Out of core: a fitted model on a 2 GiB file (issue 14)"): a
+512x512x2048 float32 file from the package's lazy EELS generator, written block by block;
+a default ``AutoencoderDecomposition(4)`` fitted on every 32nd map line (not measured);
+then, in a fresh process, ``s.mlspec.anomaly_map(model=model)`` and
+``s.mlspec.reconstruct(model).save(...)``, with the peak RSS of the WHOLE process (sampled
+every 20 ms from before the imports) and the throughput against the same calls on an
+in-memory slice. ``--sweep`` adds the lazy run on files with other HDF5 chunks and with 2
+and 8 dask workers.
 """
 
 from __future__ import annotations
@@ -94,7 +104,8 @@ def write_eels_file(path: Path, shape: tuple[int, int], channels: int, lines: in
                  lazy=True)
     s.metadata.General.title = "out-of-core benchmark EELS map"
     with dask.config.set(scheduler="threads", num_workers=2):
-        s.save(path, chunks=(lines, shape[1], channels), compression=None, overwrite=True)
+        s.save(path, chunks=(lines, shape[1], channels), compression=None, overwrite=True,
+               show_progressbar=False)
     return time.perf_counter() - t0
 
 
