@@ -140,10 +140,26 @@ class RowFunction:
         fn = getattr(est, self.method)
         if self.kwargs:
             fn = functools.partial(fn, **self.kwargs)
-        out = est._apply_numpy(np.asarray(block), fn)
+        block = np.asarray(block)
+        out = est._apply_numpy(block, fn, batch=_lazy_batch(est, block.shape[-1]))
         if out.shape[0] == 0:  # keep the declared width for empty blocks
             return np.empty((0, self.n_out), dtype=np.float32)
         return out
+
+
+#: values per inference batch of a lazy block: the network's float32 temporaries stay a
+#: few MiB per dask worker (a 2048-row batch of 2048 channels made ~3 temporaries of 16 MiB
+#: each; 512 rows run as fast on one thread, benchmarks/bench_out_of_core.py --issue14)
+LAZY_BATCH_VALUES = 2**20
+
+
+def _lazy_batch(est, n_channels: int) -> int:
+    """Rows per inference batch inside a lazy block: the estimator's own batch, smaller
+    for long spectra (at least 128 rows)."""
+    import inspect
+
+    default = inspect.signature(est._apply_numpy).parameters["batch"].default
+    return int(min(default, max(128, LAZY_BATCH_VALUES // max(1, int(n_channels)))))
 
 
 def _row_function(payload: ModelPayload, method: str, n_out: int, kwargs: dict) -> RowFunction:

@@ -105,25 +105,48 @@ def signal_channels(signal, signal_mask=None, signal_range=None) -> np.ndarray |
     return None if keep.all() else np.flatnonzero(keep)
 
 
-def lazy_row_chunks(data, nav_ndim: int):
+def lazy_row_chunks(data, nav_ndim: int, max_rows: int | None = None):
     """Rechunk a lazy ``nav + (channels,)`` array so that flattening the navigation gives
-    row blocks of about the current chunk size.
+    row blocks that fit the memory budget.
 
-    The signal axis becomes one chunk (a block holds whole spectra). Flattening in array
-    order needs every navigation axis after the first to be whole within a block, so the
-    first axis is chunked to keep about as many spectra per block as the largest current
-    chunk (at least one line of the map). Without this, dask's reshape would merge chunks
-    into blocks of whole map lines times the chunk height, or more.
+    The signal axis becomes one chunk (a block holds whole spectra). A block holds about as
+    many spectra as the largest current chunk, but at most ``max_rows`` (default:
+    :func:`~hyperspy_mlspec.arrays.chunks.block_rows`, every block in flight within the
+    memory budget, whatever the chunks of the file). Flattening in array order needs every
+    navigation axis after the first to be whole within a block, so the first axis is
+    chunked (at least one line of the map; a multiple of the current chunks when they are
+    smaller). Without this, dask's reshape would merge chunks into blocks of whole map lines
+    times the chunk height, or more. Arrays read straight from a file are re-read with the
+    new chunks (:func:`~hyperspy_mlspec.signals.files.reread`), not rechunked.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> x = da.zeros((64, 32, 128), chunks=(32, 32, 128))
+    >>> lazy_row_chunks(x, 2, max_rows=256).chunks[0][:2]  # 8 lines of 32 spectra
+    (8, 8)
     """
-    if nav_ndim <= 1:
-        return data.rechunk({data.ndim - 1: -1}) if len(data.chunks[-1]) > 1 else data
-    per_block = max(int(np.prod([max(c) for c in data.chunks[:nav_ndim]], dtype=np.int64)), 1)
+    from hyperspy_mlspec.arrays.chunks import block_rows, memory_budget
+    from hyperspy_mlspec.signals.files import reread
+
+    n_values = int(np.prod(data.shape[nav_ndim:], dtype=np.int64))
+    if max_rows is None:
+        max_rows = block_rows(n_values, itemsize=data.dtype.itemsize)
+    max_rows = max(1, int(max_rows))
+    if nav_ndim == 0:
+        return data.rechunk(-1) if len(data.chunks[-1]) > 1 else data
     inner = int(np.prod(data.shape[1:nav_ndim], dtype=np.int64))
-    lead = max(1, per_block // max(inner, 1))
+    current = max(int(np.prod([max(c) for c in data.chunks[:nav_ndim]], dtype=np.int64)), 1)
     whole = all(len(c) == 1 for c in data.chunks[1:])
-    if whole and max(data.chunks[0]) <= lead:
-        return data
-    return data.rechunk((lead,) + (-1,) * (data.ndim - 1))
+    height = max(data.chunks[0])
+    lead = max(1, min(current, max_rows) // max(inner, 1))
+    if height <= lead:
+        if whole:
+            return data  # whole lines and spectra, within the budget: as they are
+        if nav_ndim == 1:
+            return data.rechunk({data.ndim - 1: -1})
+        lead = (lead // height) * height  # whole current chunks: each read once
+    return reread(data, (lead,) + (-1,) * (data.ndim - 1), memory_budget())
 
 
 def rows_of(signal):
