@@ -50,6 +50,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -67,6 +68,7 @@ from hyperspy_mlspec.streaming.pca import StreamingPCA
 __all__ = ["StreamingMonitor"]
 
 _MAX_PENDING = 65_536  # spectra kept for PCA scoring until the first basis exists
+_ADD_QUEUE_CHUNKS = 4  # chunks queued for the covariance worker before update() waits
 
 
 class StreamingMonitor:
@@ -275,10 +277,18 @@ class StreamingMonitor:
         self._tuning = TuningBuffer(self.fine_tune_buffer, self.fine_tune_every,
                                     self.fine_tune_trim)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlspec-pca")
+        # the covariance updates (the PCA's main cost, O(C^2) per spectrum) run in their own
+        # worker, alongside the model's forward pass in the caller's thread
+        self._add_executor = (ThreadPoolExecutor(max_workers=1,
+                                                 thread_name_prefix="mlspec-pca-add")
+                              if self._pca is not None and self.background else None)
+        self._adds: deque[tuple[Future, int]] = deque()
+        self._adds_rows = 0
         self._tune_executor = (ThreadPoolExecutor(max_workers=1,
                                                   thread_name_prefix="mlspec-tune")
                                if self.fine_tune else None)
-        n_score = num_threads or torch_threads()
+        # scoring threads: as many as the model's (none beside the covariance worker)
+        n_score = self._thread_plan()[0] or torch_threads()
         self._score_pool = (ThreadPoolExecutor(max_workers=n_score,
                                                thread_name_prefix="mlspec-score")
                             if n_score > 1 else None)
@@ -409,12 +419,12 @@ class StreamingMonitor:
         x, flat = self._validate(spectra, positions)
         if x.shape[0] == 0:
             return
-        with threads(self.num_threads):
+        with threads(*self._thread_plan()):
             self._collect_refresh()
             model_out = self._apply_model(x) if self.model_ is not None else None
             pca_out = self._score_pca(x) if self.n_components is not None else None
-        # everything is computed: now change the state
-        self._commit(x, flat, model_out, pca_out)
+            # everything is computed: now change the state
+            self._commit(x, self._owned, flat, model_out, pca_out)
 
     def push_row(self, row_index: int, spectra, start: int = 0) -> None:
         """Feed (part of) one scan row of a map: ``spectra`` ``(n, n_channels)`` at columns
@@ -452,7 +462,8 @@ class StreamingMonitor:
         self._check_open()
         if self.n_components is None:
             return
-        with threads(self.num_threads):
+        with threads(*self._thread_plan()):
+            self._drain_adds()  # the worker's sums are complete: pending is exact
             if self._pca.pending:
                 self._start_refresh(force=True)
             if wait:
@@ -461,6 +472,7 @@ class StreamingMonitor:
     def wait(self) -> None:
         """Wait for the background refresh and fine-tuning in progress, then use their
         results (maps are updated and notified)."""
+        self._drain_adds()
         for fut in (self._refresh_future, self._tune_future):
             if fut is not None:
                 fut.result()
@@ -481,7 +493,8 @@ class StreamingMonitor:
             self.wait()
         finally:
             self._closed = True
-            for ex in (self._executor, self._tune_executor, self._score_pool):
+            for ex in (self._add_executor, self._executor, self._tune_executor,
+                       self._score_pool):
                 if ex is not None:
                     ex.shutdown(wait=True)
 
@@ -573,7 +586,9 @@ class StreamingMonitor:
                              f"expects {self.n_channels} (the template's signal axis).")
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.iscomplexobj(x):
             raise ValueError(f"spectra must be real numbers, got dtype {x.dtype}")
+        given = x
         x = np.ascontiguousarray(x, dtype=np.float32)
+        self._owned = not np.may_share_memory(x, given)  # a copy made here: ours to keep
         flat = self._flat_positions(positions, x.shape[0], single)
         finite = np.isfinite(x).all(axis=1)
         if not finite.all():
@@ -661,8 +676,8 @@ class StreamingMonitor:
     # -- streaming PCA ---------------------------------------------------------------------
     def _score_pca(self, x: np.ndarray):
         basis = self._basis
-        if basis is None:
-            return None
+        if basis is None or self._pending:
+            return None  # pending rows are scored first, in their order (see _collect_refresh)
         return StreamingPCA.project(x, basis)
 
     def _start_refresh(self, force: bool = False) -> None:
@@ -672,8 +687,14 @@ class StreamingMonitor:
                 return  # one refresh at a time; the sums keep growing meanwhile
             self._refresh_future.result()
             self._collect_refresh()
-        delta = self._pca.take()
         self._since_refresh = 0
+        if self._add_executor is not None:
+            # the sums are taken in the covariance worker, after the rows queued before;
+            # the refresh thread waits for them (the stream does not)
+            taken = self._add_executor.submit(self._pca.take)
+            self._refresh_future = self._executor.submit(self._refresh_job, taken)
+            return
+        delta = self._pca.take()
         if delta is None:
             return
         if self.background:
@@ -682,17 +703,73 @@ class StreamingMonitor:
             self._refresh_job(delta)
 
     def _refresh_job(self, delta) -> None:
-        """Merge the sums and compute a new basis (the refresh thread)."""
+        """Merge the sums (an Accumulator, or the future of one) and compute a new basis
+        (the refresh thread)."""
+        if isinstance(delta, Future):
+            delta = delta.result()
+            if delta is None:
+                return
         t0 = time.perf_counter()
         try:
-            self._pca.refresh_with(delta)
+            with threads(None, blas=self._pca_blas_threads()):
+                self._pca.refresh_with(delta)
         finally:
             end = time.perf_counter()
             self._next_refresh = end + self.refresh_pause * (end - t0)
 
+    # -- the covariance worker -------------------------------------------------------------
+    def _thread_plan(self) -> tuple[int | None, int | None]:
+        """``(torch, BLAS)`` threads of the stream's thread during :meth:`update`.
+
+        ``num_threads`` when given. Else, with the covariance worker running beside the
+        model: the model gets torch's threads but one (at least one) and BLAS calls one
+        thread (small products; OpenBLAS's threaded rank-k update was measured 1.5-2.7x
+        slower with 2 threads than with 1 at 2048 channels), so the two together use the
+        cores torch would use; without it torch's and BLAS's settings are left alone.
+        """
+        if self.num_threads is not None:
+            return self.num_threads, self.num_threads
+        if self._add_executor is None:
+            return None, None
+        return max(1, torch_threads() - 1), 1
+
+    def _pca_blas_threads(self) -> int:
+        return 1 if self.num_threads is None else self.num_threads
+
+    def _add_job(self, x: np.ndarray) -> None:
+        with threads(None, blas=self._pca_blas_threads()):
+            self._pca.add(x, copy=False)
+
+    def _add_rows(self, x: np.ndarray, owned: bool) -> None:
+        """Add rows to the PCA's sums: in the covariance worker (a bounded queue: the
+        stream waits when it is ``_ADD_QUEUE_CHUNKS`` chunks ahead), else here."""
+        if self._add_executor is None:
+            self._pca.add(x, copy=not owned)
+            return
+        self._check_adds()
+        fut = self._add_executor.submit(self._add_job, x if owned else x.copy())
+        self._adds.append((fut, len(x)))
+        self._adds_rows += len(x)
+        while self._adds and self._adds_rows > _ADD_QUEUE_CHUNKS * self.pca_chunk:
+            self._pop_add()
+
+    def _pop_add(self) -> None:
+        fut, n = self._adds.popleft()
+        self._adds_rows -= n
+        fut.result()  # re-raise a failure of the worker here
+
+    def _check_adds(self) -> None:
+        while self._adds and self._adds[0][0].done():
+            self._pop_add()
+
+    def _drain_adds(self) -> None:
+        while self._adds:
+            self._pop_add()
+
     def _collect_refresh(self) -> None:
         """Surface errors of a finished refresh/fine-tune, adopt a fine-tuned model, and
         score the spectra that arrived before the first basis."""
+        self._check_adds()
         fut = self._refresh_future
         if fut is not None and fut.done():
             self._refresh_future = None
@@ -706,11 +783,10 @@ class StreamingMonitor:
                 self.n_fine_tunes_ += 1
         if self._pending and self._basis is not None:
             pending, self._pending, self._pending_rows = self._pending, [], 0
-            idx = np.concatenate([p[0] for p in pending])
-            x = np.concatenate([p[1] for p in pending])
-            t, resid = StreamingPCA.project(x, self._basis)
-            self.pca_loadings.data.reshape(-1, self.n_components)[idx] = t
-            self.pca_residual_map.data.reshape(-1)[idx] = resid
+            loadings = self.pca_loadings.data.reshape(-1, self.n_components)
+            residual = self.pca_residual_map.data.reshape(-1)
+            for idx, x in pending:  # batch by batch: cache-sized temporaries
+                loadings[idx], residual[idx] = StreamingPCA.project(x, self._basis)
 
     # -- fine-tuning -----------------------------------------------------------------------
     def _buffer_for_tuning(self, x: np.ndarray, scores: np.ndarray) -> None:
@@ -726,7 +802,7 @@ class StreamingMonitor:
                 self.n_fine_tunes_ += 1
 
     # -- committing a batch ----------------------------------------------------------------
-    def _commit(self, x, flat, model_out, pca_out) -> None:
+    def _commit(self, x, owned, flat, model_out, pca_out) -> None:
         n = x.shape[0]
         if model_out is not None:
             codes, scores, metric, _ = model_out
@@ -750,18 +826,20 @@ class StreamingMonitor:
                 t, resid = pca_out
                 self.pca_loadings.data.reshape(-1, self.n_components)[flat] = t
                 self.pca_residual_map.data.reshape(-1)[flat] = resid
-            elif self._pending_rows < _MAX_PENDING:
-                self._pending.append((flat.copy(), x.copy()))
-                self._pending_rows += n
-            else:
-                self.n_unscored_ += n
-            with threads(self.num_threads):
-                self._pca.add(x)  # copied: the caller may reuse its buffer
-                self._since_refresh += n
-                if (self._since_refresh >= self.refresh_every and not self.refreshing
-                        and (not self.background
-                             or time.perf_counter() >= self._next_refresh)):
-                    self._start_refresh()
+            if not owned and (pca_out is None or self._add_executor is not None):
+                x, owned = x.copy(), True  # kept beyond this call: the caller may reuse x
+            if pca_out is None:
+                if self._pending_rows < _MAX_PENDING:
+                    self._pending.append((flat.copy(), x))
+                    self._pending_rows += n
+                else:
+                    self.n_unscored_ += n
+            self._add_rows(x, owned)
+            self._since_refresh += n
+            if (self._since_refresh >= self.refresh_every and not self.refreshing
+                    and (not self.background
+                         or time.perf_counter() >= self._next_refresh)):
+                self._start_refresh()
             if not self.background:
                 self._collect_refresh()
         np.add.at(self.coverage.data.reshape(-1), flat, 1)
