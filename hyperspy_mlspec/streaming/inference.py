@@ -24,6 +24,25 @@ def torch_threads() -> int:
     return int(torch.get_num_threads())
 
 
+def forward_flops(model, n_rows: int) -> float:
+    """Floating-point operations of a forward pass of ``n_rows`` through a torch model
+    (2 x the weights of its matrices x rows: dense layers); inf for other models.
+
+    Examples
+    --------
+    >>> import torch
+    >>> class M:
+    ...     module_ = torch.nn.Linear(100, 10)
+    >>> forward_flops(M(), 8)
+    16000.0
+    """
+    module = getattr(model, "module_", None)
+    if module is None or not hasattr(module, "parameters"):
+        return float("inf")
+    weights = sum(p.numel() for p in module.parameters() if p.dim() >= 2)
+    return 2.0 * weights * int(n_rows)
+
+
 _BLAS = None
 
 

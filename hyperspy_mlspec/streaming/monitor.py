@@ -62,13 +62,14 @@ from hyperspy_mlspec.scoring.scores import SCORE_VALUES as _SCORE_VALUES
 from hyperspy_mlspec.scoring.scores import blocked_row_scores as _blocked_row_scores
 from hyperspy_mlspec.scoring.scores import reconstruct as _reconstruct
 from hyperspy_mlspec.streaming.finetune import TuningBuffer, fine_tuned
-from hyperspy_mlspec.streaming.inference import infer, threads, torch_threads
+from hyperspy_mlspec.streaming.inference import forward_flops, infer, threads, torch_threads
 from hyperspy_mlspec.streaming.pca import StreamingPCA
 
 __all__ = ["StreamingMonitor"]
 
 _MAX_PENDING = 65_536  # spectra kept for PCA scoring until the first basis exists
 _ADD_QUEUE_CHUNKS = 4  # chunks queued for the covariance worker before update() waits
+_SMALL_FORWARD_FLOPS = 1e9  # a batch's forward pass under this runs on one torch thread
 
 
 class StreamingMonitor:
@@ -416,15 +417,15 @@ class StreamingMonitor:
         >>> mon.update(spectra, [(0, 0), (0, 1)])  # doctest: +SKIP
         """
         self._check_open()
-        x, flat = self._validate(spectra, positions)
+        x, flat, owned = self._validate(spectra, positions)
         if x.shape[0] == 0:
             return
-        with threads(*self._thread_plan()):
+        with threads(*self._thread_plan(x.shape[0])):
             self._collect_refresh()
             model_out = self._apply_model(x) if self.model_ is not None else None
             pca_out = self._score_pca(x) if self.n_components is not None else None
             # everything is computed: now change the state
-            self._commit(x, self._owned, flat, model_out, pca_out)
+            self._commit(x, owned, flat, model_out, pca_out)
 
     def push_row(self, row_index: int, spectra, start: int = 0) -> None:
         """Feed (part of) one scan row of a map: ``spectra`` ``(n, n_channels)`` at columns
@@ -571,7 +572,8 @@ class StreamingMonitor:
         if self._closed:
             raise RuntimeError("this StreamingMonitor is closed; make a new one.")
 
-    def _validate(self, spectra, positions) -> tuple[np.ndarray, np.ndarray]:
+    def _validate(self, spectra, positions) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Float32 rows, flat positions, and whether the rows are a copy made here."""
         if hasattr(spectra, "compute"):
             spectra = spectra.compute()
         x = np.asarray(spectra)
@@ -588,7 +590,6 @@ class StreamingMonitor:
             raise ValueError(f"spectra must be real numbers, got dtype {x.dtype}")
         given = x
         x = np.ascontiguousarray(x, dtype=np.float32)
-        self._owned = not np.may_share_memory(x, given)  # a copy made here: ours to keep
         flat = self._flat_positions(positions, x.shape[0], single)
         finite = np.isfinite(x).all(axis=1)
         if not finite.all():
@@ -605,7 +606,7 @@ class StreamingMonitor:
                              f"{self.pca_weighting_!r}); nothing was added. Remove the offset "
                              "that made counts negative, or use metric='mse' / "
                              "pca_weighting='none'.")
-        return x, flat
+        return x, flat, not np.may_share_memory(x, given)
 
     def _needs_counts(self) -> bool:
         return self.metric_ == "deviance" or (self.n_components is not None
@@ -718,20 +719,26 @@ class StreamingMonitor:
             self._next_refresh = end + self.refresh_pause * (end - t0)
 
     # -- the covariance worker -------------------------------------------------------------
-    def _thread_plan(self) -> tuple[int | None, int | None]:
+    def _thread_plan(self, n_rows: int | None = None) -> tuple[int | None, int | None]:
         """``(torch, BLAS)`` threads of the stream's thread during :meth:`update`.
 
         ``num_threads`` when given. Else, with the covariance worker running beside the
         model: the model gets torch's threads but one (at least one) and BLAS calls one
         thread (small products; OpenBLAS's threaded rank-k update was measured 1.5-2.7x
         slower with 2 threads than with 1 at 2048 channels), so the two together use the
-        cores torch would use; without it torch's and BLAS's settings are left alone.
+        cores torch would use. Without the worker, a batch whose forward pass is small
+        (under ``_SMALL_FORWARD_FLOPS``, e.g. one scan row) runs on one torch thread:
+        per-operation synchronisation of several threads costs more than they gain
+        there (one 128-spectrum row at 2048 channels measured 20x slower on 2 threads than
+        on 1 at load 2.5). Else torch's and BLAS's settings are left alone.
         """
         if self.num_threads is not None:
             return self.num_threads, self.num_threads
-        if self._add_executor is None:
-            return None, None
-        return max(1, torch_threads() - 1), 1
+        if self._add_executor is not None:
+            return max(1, torch_threads() - 1), 1
+        if n_rows is not None and forward_flops(self.model_, n_rows) < _SMALL_FORWARD_FLOPS:
+            return 1, None
+        return None, None
 
     def _pca_blas_threads(self) -> int:
         return 1 if self.num_threads is None else self.num_threads
