@@ -24,11 +24,14 @@ Fitted model
     optional residual smoothing), so once every pixel has been fed the live map equals the
     batch one.
 Streaming PCA
-    Covariance accumulation in float64: spectra are buffered into chunks and each chunk is
-    added with one symmetric rank-k update (BLAS ``dsyrk``, O(chunk * C^2)) to shifted
-    sums. Every ``refresh_every`` spectra the accumulated sums are handed to a background
-    thread which merges them and computes the top eigenpairs of the C x C covariance
-    (Lanczos started from the previous basis, or ``np.linalg.eigh``);
+    Covariance accumulation: spectra are buffered into chunks and each chunk is added with
+    one symmetric rank-k update (BLAS ``ssyrk``, float32, O(chunk * C^2): the monitor's
+    main cost at 2048 channels) to shifted sums, in a worker thread of its own that runs
+    beside the model's forward pass (a bounded queue: ``update`` waits only when the
+    worker is several chunks behind). Every ``refresh_every`` spectra the accumulated sums
+    are handed to a background thread which merges them (in float64) and computes the top
+    eigenpairs of the C x C covariance (Lanczos started from the previous basis, or
+    ``np.linalg.eigh``);
     the new basis is swapped in atomically (one reference assignment), and spectra are
     scored with the latest basis available, so the stream never waits for a refresh.
     With Poisson (Keenan-Kotula) weighting, the weighting of
@@ -125,9 +128,12 @@ class StreamingMonitor:
     num_threads
         Threads used during :meth:`update` and :meth:`refresh`: torch intra-op threads,
         BLAS threads (threadpoolctl) and the scoring pool, set for the call and restored
-        after (both settings are process-wide). None leaves torch's and BLAS's settings
-        alone. On a machine shared with other jobs, 1 is often fastest (threads that wait
-        for descheduled ones spin): see ``benchmarks/RESULTS.md``.
+        after. None: with the streaming PCA in the background, the model runs on torch's
+        threads but one and the covariance worker on the remaining one (BLAS calls on one
+        thread each: OpenBLAS's threaded rank-k update is slower than one thread at these
+        sizes); without it, small forward passes (one scan row) run on one torch thread
+        and larger ones on torch's setting. On a machine shared with other jobs, threads
+        that wait for descheduled ones spin: see ``benchmarks/RESULTS.md``.
     fine_tune
         Continue training (a copy of) the model on recent spectra, see the module
         description. Needs a model with ``partial_fit``.
