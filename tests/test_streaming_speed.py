@@ -140,11 +140,11 @@ def test_inference_on_several_threads_equals_one_thread(ae):
     try:
         torch.set_num_threads(1)
         ref = [model.transform(X), model.reconstruct(X),
-               model.inverse_transform(model.transform(X))]
+               model.inverse_transform(model.transform(X)), *model._encode_decode(X)]
         torch.set_num_threads(2)
         assert inference_workers(len(X)) == 2
         got = [model.transform(X), model.reconstruct(X),
-               model.inverse_transform(model.transform(X))]
+               model.inverse_transform(model.transform(X)), *model._encode_decode(X)]
     finally:
         torch.set_num_threads(old)
     for r, g in zip(ref, got, strict=True):

@@ -21,6 +21,7 @@ import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,11 +47,11 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], X, batch: int,
-                device: torch.device | str = "cpu", workers: int | None = None) -> np.ndarray:
-    """``fn`` (float32 tensor -> tensor) over row batches of ``X``, under
-    ``torch.inference_mode``, written into one preallocated float32 output (no list of
-    pieces and concatenation).
+def map_batches(fn: Callable[[torch.Tensor], Any], X, batch: int,
+                device: torch.device | str = "cpu", workers: int | None = None):
+    """``fn`` (float32 tensor -> tensor, or tuple of tensors) over row batches of ``X``,
+    under ``torch.inference_mode``, written into one preallocated float32 output per
+    result (no list of pieces and concatenation).
 
     Parameters
     ----------
@@ -65,11 +66,17 @@ def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], X, batch: int,
     workers
         Threads; None: :func:`inference_workers`.
 
+    Returns
+    -------
+    ndarray, or a tuple of them when ``fn`` returns a tuple
+
     Examples
     --------
     >>> X = np.arange(12, dtype=np.float32).reshape(6, 2)
     >>> map_batches(lambda x: x.sum(1, keepdim=True), X, batch=4).ravel().tolist()
     [1.0, 5.0, 9.0, 13.0, 17.0, 21.0]
+    >>> [a.shape for a in map_batches(lambda x: (x, x[:, :1]), X, batch=4)]
+    [(6, 2), (6, 1)]
     """
     n = len(X)
     if workers is None:
@@ -78,21 +85,27 @@ def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], X, batch: int,
         batch = max(1, min(int(batch), math.ceil(n / workers)))
     starts = list(range(0, n, batch))
     out: list[np.ndarray] = []
+    tupled = False
 
-    def run(i: int) -> np.ndarray | None:
+    def run(i: int) -> tuple[np.ndarray, ...] | None:
+        nonlocal tupled
         with torch.inference_mode():
             x = torch.as_tensor(np.asarray(X[i:i + batch], dtype=np.float32), device=device)
-            y = fn(x).cpu().numpy()
+            y = fn(x)
+            ys = tuple(t.cpu().numpy() for t in (y if isinstance(y, tuple) else (y,)))
         if i == 0:
-            return y
-        out[0][i:i + len(y)] = y
+            tupled = isinstance(y, tuple)
+            return ys
+        for o, v in zip(out, ys, strict=True):
+            o[i:i + len(v)] = v
         return None
 
     if not starts:
         return np.empty((0, 0), dtype=np.float32)
-    first = run(0)  # its shape sizes the output
-    out.append(np.empty((n,) + first.shape[1:], dtype=np.float32))
-    out[0][:len(first)] = first
+    first = run(0)  # its shapes size the outputs
+    for v in first:
+        out.append(np.empty((n,) + v.shape[1:], dtype=np.float32))
+        out[-1][:len(v)] = v
     if workers > 1 and len(starts) > 1:
         with ThreadPoolExecutor(max_workers=workers, initializer=_one_thread,
                                 thread_name_prefix="mlspec-infer") as pool:
@@ -101,4 +114,4 @@ def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], X, batch: int,
     else:
         for i in starts[1:]:
             run(i)
-    return out[0]
+    return tuple(out) if tupled else out[0]
