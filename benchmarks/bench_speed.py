@@ -435,11 +435,19 @@ def kept_methods_table() -> str:
     start = text.find(f"## {TITLE}\n")
     if start < 0 or text.find(head, start) < 0:
         return ""
-    body = text[text.find(head, start):]
-    end = body.find("\n## ")
-    body = body if end < 0 else body[:end]
-    note = "(Kept from the previous run of this section: this run left out the methods part.)"
-    body = body.replace(head + "\n", f"{head}\n\n{note}\n", 1) if note not in body else body
+    section = text[start:]
+    end = section.find("\n## ", 1)
+    section = section if end < 0 else section[:end]
+    body = section[section.find(head):]
+    if "(Kept from" not in body:
+        import re
+
+        commit = re.search(r"Code: git commit (\S+)", section)
+        command = re.search(r"Command: (`[^`]*`)", section)
+        note = (f"(Kept from the run of commit {commit.group(1) if commit else '?'}"
+                + (f", {command.group(1)}" if command else "")
+                + ": the run above left out the methods part.)")
+        body = body.replace(head + "\n", f"{head}\n\n{note}\n", 1)
     return "\n" + body.rstrip("\n") + "\n"
 
 
