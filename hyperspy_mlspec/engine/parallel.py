@@ -102,16 +102,22 @@ def map_batches(fn: Callable[[torch.Tensor], Any], X, batch: int,
 
     if not starts:
         return np.empty((0, 0), dtype=np.float32)
-    first = run(0)  # its shapes size the outputs
-    for v in first:
-        out.append(np.empty((n,) + v.shape[1:], dtype=np.float32))
-        out[-1][:len(v)] = v
+
+    def allocate(first: tuple[np.ndarray, ...]) -> None:  # the first batch sizes them
+        for v in first:
+            out.append(np.empty((n,) + v.shape[1:], dtype=np.float32))
+            out[-1][:len(v)] = v
+
     if workers > 1 and len(starts) > 1:
+        # every batch in the pool, the first too: the caller's thread may run torch on
+        # several intra-op threads, whose per-operation barriers this module avoids
         with ThreadPoolExecutor(max_workers=workers, initializer=_one_thread,
                                 thread_name_prefix="mlspec-infer") as pool:
+            allocate(pool.submit(run, 0).result())
             for _ in pool.map(run, starts[1:]):
                 pass  # results are written in place; map re-raises a worker's error
     else:
+        allocate(run(0))
         for i in starts[1:]:
             run(i)
     return tuple(out) if tupled else out[0]
