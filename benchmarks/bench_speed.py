@@ -323,6 +323,26 @@ def reference_methods(commit: str, maps: Sequence[str], quick: bool) -> dict:
         return json.loads(out.read_text())
 
 
+def reference_part(commit: str, part: str, quick: bool) -> dict:
+    """``measure_<part>`` (inference or streaming) run with ``hyperspy_mlspec`` of
+    ``commit`` in a subprocess (a ``git archive``), right after this process measured it:
+    a before/after ratio under the same load."""
+    with tempfile.TemporaryDirectory(prefix="mlspec-ref-") as tmp:
+        archive = subprocess.run(["git", "archive", commit, "hyperspy_mlspec"], cwd=ROOT,
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        out = Path(tmp) / f"{part}.json"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([tmp, str(ROOT)]))
+        cmd = [sys.executable, "-c",
+               "import sys, json; sys.path[:0] = sys.argv[1:3]; "
+               "import benchmarks.bench_speed as b; "
+               "json.dump(getattr(b, 'measure_' + sys.argv[3])(sys.argv[4] == '1'), "
+               "open(sys.argv[5], 'w'))",
+               tmp, str(ROOT), part, "1" if quick else "0", str(out)]
+        subprocess.run(cmd, env=env, check=True, cwd=tmp, capture_output=True)
+        return json.loads(out.read_text())
+
+
 # -- report ---------------------------------------------------------------------------------
 def _quality(method: str, entry: dict) -> str:
     for key in ("error", "auroc", "ari"):
@@ -373,7 +393,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         default=("inference", "training", "streaming", "methods"))
     parser.add_argument("--maps", nargs="+", default=("64x64x1024", "small int16"))
     parser.add_argument("--reference", default=None,
-                        help="also run the methods part at this git commit")
+                        help="also run the methods, inference and streaming parts at this "
+                             "git commit (right after this tree's, for a before/after "
+                             "ratio under the same load)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch and BLAS threads of this process and the reference "
                              "subprocess (default: the libraries' defaults)")
@@ -399,6 +421,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if "inference" in args.only:
         res["inference"] = measure_inference(args.quick)
         print("inference", json.dumps(res["inference"]), flush=True)
+        if args.reference:
+            res["inference_ref"] = reference_part(args.reference, "inference", args.quick)
     if "training" in args.only:
         peaks.append(matmul_peak_gflops())
         res["training"] = measure_training(args.quick)
@@ -409,6 +433,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         res["streaming"] = measure_streaming(args.quick)
         loads.append(load_average())
         print("streaming", json.dumps(res["streaming"]), flush=True)
+        if args.reference:
+            res["streaming_ref"] = reference_part(args.reference, "streaming", args.quick)
+            loads.append(load_average())
     if "methods" in args.only:
         res["methods"] = measure_methods(args.maps, args.quick)
         loads.append(load_average())
@@ -485,10 +512,18 @@ def report(res: dict, args: argparse.Namespace, peak: float) -> str:
                  f"{100 * r[k + '_cpu'] * flops[k] / res['peak_cpu'] / 1e9:.0f}"]
                 for k in ("reconstruct", "transform", "inverse_transform", "encode_decode")
                 if k in r]
+        ref = res.get("inference_ref")
+        if ref:
+            for row, k in zip(rows, [k for k in ("reconstruct", "transform",
+                                                 "inverse_transform", "encode_decode")
+                                     if k in r], strict=True):
+                row += [f"{ref[k]:,.0f}" if k in ref else "-",
+                        f"{r[k] / ref[k]:.1f}x" if k in ref else "-"]
+        extra = [f"spectra/s at {args.reference}", "speed-up"] if ref else []
         lines += [markdown_table(["call", "spectra/s (wall)", "MFLOP / spectrum",
                                   "% matmul peak (wall)",
                                   "target met", "spectra per CPU-second",
-                                  "% of the per-CPU-second peak"], rows), ""]
+                                  "% of the per-CPU-second peak", *extra], rows), ""]
     if "training" in res:
         r = res["training"]
         pct = 100 * r["spectra_per_s"] * r["train_flops"] / peak / 1e9
@@ -512,6 +547,16 @@ def report(res: dict, args: argparse.Namespace, peak: float) -> str:
         def loads(key):
             return ", ".join(f"{v:.2f}" for v in r.get(key + "_loads", []) if v is not None)
 
+        sref = res.get("streaming_ref")
+        stream_extra = ([f"spectra/s at {args.reference} (load after each scan)",
+                         "speed-up"] if sref else [])
+
+        def stream_ref(key):
+            if not sref:
+                return []
+            ref_loads = ", ".join(f"{v:.1f}" for v in sref.get(key + "_loads", []))
+            return [f"{sref[key]:,.0f} ({ref_loads})", f"{r[key] / sref[key]:.1f}x"]
+
         lines += ["### Streaming monitor (the issue's configuration)", "",
                   f"`StreamingMonitor(None, model=ae, navigation_shape=(128, 128), "
                   f"n_channels={r['n_channels']}, n_components=4)`, other parameters "
@@ -523,15 +568,17 @@ def report(res: dict, args: argparse.Namespace, peak: float) -> str:
                   "rate is at most twice that.", "",
                   markdown_table(["monitor", "spectra/s (wall)", "spectra per CPU-second",
                                   "PCA refreshes", "1-min load after each scan",
-                                  "target met (wall)"],
+                                  "target met (wall)", *stream_extra],
                                  [["model + streaming PCA (4)", f"{r['with_pca']:,.0f}",
                                    f"{r.get('with_pca_cpu', float('nan')):,.0f}",
                                    r["with_pca_refreshes"], loads("with_pca"),
-                                   "yes" if r["with_pca"] >= 1e4 else "no"],
+                                   "yes" if r["with_pca"] >= 1e4 else "no",
+                                   *stream_ref("with_pca")],
                                   ["model only (n_components=None)",
                                    f"{r['model_only']:,.0f}",
                                    f"{r.get('model_only_cpu', float('nan')):,.0f}", "-",
-                                   loads("model_only"), "-"]]), ""]
+                                   loads("model_only"), "-", *stream_ref("model_only")]]),
+                  ""]
     if "methods" in res:
         lines += ["### Default methods against HyperSpy's PCA (same process)", "",
                   methods_table(res["methods"], res.get("reference"), args.reference), ""]
