@@ -9,6 +9,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from hyperspy_mlspec._docs import N_COMPONENTS
 from hyperspy_mlspec.engine.losses import gaussian_loss, poisson_deviance, poisson_deviance_exp
+from hyperspy_mlspec.engine.parallel import map_batches
 from hyperspy_mlspec.engine.sampling import binomial_half
 from hyperspy_mlspec.engine.sources import RowSource
 from hyperspy_mlspec.estimators.base import SpectralEstimator, looks_like_counts, stat_rows
@@ -227,17 +228,11 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         self.explained_variance_ratio_ = ev / total if total > 0 else np.zeros_like(ev)
 
     def _encode_decode(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        codes, recon = [], []
-        with torch.no_grad():
-            for i in range(0, len(X), 4096):
-                x = torch.as_tensor(np.asarray(X[i:i + 4096], np.float32), device=self.device_)
-                z, r = self._encode_decode_tensor(x)
-                codes.append(z.cpu().numpy())
-                recon.append(r.cpu().numpy())
-        if not codes:
+        if not len(X):
             return (np.empty((0, self.n_components), np.float32),
                     np.empty((0, self.n_features_in_), np.float32))
-        return np.concatenate(codes), np.concatenate(recon)
+        # torch's threads as independent workers, into preallocated outputs
+        return map_batches(self._encode_decode_tensor, X, 1024, self.device_)
 
     def _components(self, loadings: np.ndarray, recon: np.ndarray) -> np.ndarray:
         c = np.asarray(self.normalizer_.channel_scale, dtype=np.float64)

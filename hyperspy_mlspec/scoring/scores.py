@@ -91,20 +91,19 @@ def row_scores(x: np.ndarray, mu: np.ndarray, metric: str,
     x = np.asarray(x, dtype=np.float64)
     mu = np.asarray(mu, dtype=np.float64)
     if metric == "mse":
-        elements = (x - mu) ** 2
-        signed = x - mu
-    else:
-        if np.nanmin(x, initial=0.0) < 0:
-            raise ValueError("metric='deviance' needs non-negative counts, but the data "
-                             "contain negative values; use metric='mse'.")
-        mu = np.maximum(mu, 1e-8)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_term = np.where(x > 0, x * np.log(np.maximum(x, 1e-8) / mu), 0.0)
-        elements = np.maximum(2.0 * (log_term - (x - mu)), 0.0)
-        signed = np.sign(x - mu) * np.sqrt(elements)
+        if smoothing <= 0:
+            return ((x - mu) ** 2).mean(axis=1)
+        return smoothed_mean_square(x - mu, smoothing)
+    if np.nanmin(x, initial=0.0) < 0:
+        raise ValueError("metric='deviance' needs non-negative counts, but the data "
+                         "contain negative values; use metric='mse'.")
+    mu = np.maximum(mu, 1e-8)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_term = np.where(x > 0, x * np.log(np.maximum(x, 1e-8) / mu), 0.0)
+    elements = np.maximum(2.0 * (log_term - (x - mu)), 0.0)
     if smoothing <= 0:
-        return elements.mean(axis=1)
-    return smoothed_mean_square(signed, smoothing)
+        return elements.mean(axis=1)  # the signed residuals are only needed to smooth
+    return smoothed_mean_square(np.sign(x - mu) * np.sqrt(elements), smoothing)
 
 
 def smoothed_mean_square(residual: np.ndarray, sigma: float) -> np.ndarray:

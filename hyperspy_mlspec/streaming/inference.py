@@ -9,6 +9,7 @@ network, one encode and one decode under ``torch.inference_mode``), denoisers th
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -21,6 +22,25 @@ def torch_threads() -> int:
     import torch
 
     return int(torch.get_num_threads())
+
+
+def forward_flops(model, n_rows: int) -> float:
+    """Floating-point operations of a forward pass of ``n_rows`` through a torch model
+    (2 x the weights of its matrices x rows: dense layers); inf for other models.
+
+    Examples
+    --------
+    >>> import torch
+    >>> class M:
+    ...     module_ = torch.nn.Linear(100, 10)
+    >>> forward_flops(M(), 8)
+    16000.0
+    """
+    module = getattr(model, "module_", None)
+    if module is None or not hasattr(module, "parameters"):
+        return float("inf")
+    weights = sum(p.numel() for p in module.parameters() if p.dim() >= 2)
+    return 2.0 * weights * int(n_rows)
 
 
 _BLAS = None
@@ -38,11 +58,53 @@ def blas_controller():
     return _BLAS
 
 
+class _BlasLimit:
+    """Process-wide BLAS thread limit shared by concurrent users (the stream's thread and
+    the PCA workers): the first to enter saves the libraries' settings, the last to leave
+    restores them, so overlapping limits never leave a setting behind."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._original = None
+
+    def enter(self, n: int) -> None:
+        with self._lock:
+            controller = blas_controller()
+            if self._depth == 0:
+                self._original = controller.limit(limits=int(n), user_api="blas")
+            elif int(n) != self._current:
+                controller.limit(limits=int(n), user_api="blas")
+            self._current = int(n)
+            self._depth += 1
+
+    def exit(self) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                self._original.restore_original_limits()
+                self._original = None
+
+
+_BLAS_LIMIT = _BlasLimit()
+
+
 class threads:
     """Set torch's intra-op threads and the BLAS threads for a block, then restore them
     (None: unchanged). On a machine shared with other jobs, fewer threads than cores can
     be much faster: idle OpenMP/OpenBLAS threads spin while waiting for descheduled ones
     (measured 40x slower small BLAS calls with 2 threads at load 8 on 2 cores).
+
+    torch's setting is per thread (a worker thread setting it does not change the
+    caller's); the BLAS setting is process-wide, shared by overlapping blocks of several
+    threads (the last one to leave restores it).
+
+    Parameters
+    ----------
+    n
+        torch threads (and BLAS threads unless ``blas`` is given); None: unchanged.
+    blas
+        BLAS threads; None: as ``n``.
 
     Examples
     --------
@@ -51,8 +113,9 @@ class threads:
     1
     """
 
-    def __init__(self, n: int | None) -> None:
+    def __init__(self, n: int | None, blas: int | None = None) -> None:
         self.n = n
+        self.n_blas = n if blas is None else blas
 
     def __enter__(self) -> None:
         if self.n is not None:
@@ -61,13 +124,15 @@ class threads:
             self.old = torch.get_num_threads()
             if self.old != self.n:
                 torch.set_num_threads(int(self.n))
-            self.blas = blas_controller().limit(limits=int(self.n), user_api="blas")
+        if self.n_blas is not None:
+            _BLAS_LIMIT.enter(self.n_blas)
 
     def __exit__(self, *exc) -> None:
+        if self.n_blas is not None:
+            _BLAS_LIMIT.exit()
         if self.n is not None:
             import torch
 
-            self.blas.restore_original_limits()
             if self.old != self.n:
                 torch.set_num_threads(self.old)
 

@@ -24,11 +24,14 @@ Fitted model
     optional residual smoothing), so once every pixel has been fed the live map equals the
     batch one.
 Streaming PCA
-    Covariance accumulation in float64: spectra are buffered into chunks and each chunk is
-    added with one symmetric rank-k update (BLAS ``dsyrk``, O(chunk * C^2)) to shifted
-    sums. Every ``refresh_every`` spectra the accumulated sums are handed to a background
-    thread which merges them and computes the top eigenpairs of the C x C covariance
-    (Lanczos started from the previous basis, or ``np.linalg.eigh``);
+    Covariance accumulation: spectra are buffered into chunks and each chunk is added with
+    one symmetric rank-k update (BLAS ``ssyrk``, float32, O(chunk * C^2): the monitor's
+    main cost at 2048 channels) to shifted sums, in a worker thread of its own that runs
+    beside the model's forward pass (a bounded queue: ``update`` waits only when the
+    worker is several chunks behind). Every ``refresh_every`` spectra the accumulated sums
+    are handed to a background thread which merges them (in float64) and computes the top
+    eigenpairs of the C x C covariance (Lanczos started from the previous basis, or
+    ``np.linalg.eigh``);
     the new basis is swapped in atomically (one reference assignment), and spectra are
     scored with the latest basis available, so the stream never waits for a refresh.
     With Poisson (Keenan-Kotula) weighting, the weighting of
@@ -50,6 +53,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -61,12 +65,14 @@ from hyperspy_mlspec.scoring.scores import SCORE_VALUES as _SCORE_VALUES
 from hyperspy_mlspec.scoring.scores import blocked_row_scores as _blocked_row_scores
 from hyperspy_mlspec.scoring.scores import reconstruct as _reconstruct
 from hyperspy_mlspec.streaming.finetune import TuningBuffer, fine_tuned
-from hyperspy_mlspec.streaming.inference import infer, threads, torch_threads
+from hyperspy_mlspec.streaming.inference import forward_flops, infer, threads, torch_threads
 from hyperspy_mlspec.streaming.pca import StreamingPCA
 
 __all__ = ["StreamingMonitor"]
 
 _MAX_PENDING = 65_536  # spectra kept for PCA scoring until the first basis exists
+_ADD_QUEUE_CHUNKS = 4  # chunks queued for the covariance worker before update() waits
+_SMALL_FORWARD_FLOPS = 1e9  # a batch's forward pass under this runs on one torch thread
 
 
 class StreamingMonitor:
@@ -122,9 +128,12 @@ class StreamingMonitor:
     num_threads
         Threads used during :meth:`update` and :meth:`refresh`: torch intra-op threads,
         BLAS threads (threadpoolctl) and the scoring pool, set for the call and restored
-        after (both settings are process-wide). None leaves torch's and BLAS's settings
-        alone. On a machine shared with other jobs, 1 is often fastest (threads that wait
-        for descheduled ones spin): see ``benchmarks/RESULTS.md``.
+        after. None: with the streaming PCA in the background, the model runs on torch's
+        threads but one and the covariance worker on the remaining one (BLAS calls on one
+        thread each: OpenBLAS's threaded rank-k update is slower than one thread at these
+        sizes); without it, small forward passes (one scan row) run on one torch thread
+        and larger ones on torch's setting. On a machine shared with other jobs, threads
+        that wait for descheduled ones spin: see ``benchmarks/RESULTS.md``.
     fine_tune
         Continue training (a copy of) the model on recent spectra, see the module
         description. Needs a model with ``partial_fit``.
@@ -275,10 +284,18 @@ class StreamingMonitor:
         self._tuning = TuningBuffer(self.fine_tune_buffer, self.fine_tune_every,
                                     self.fine_tune_trim)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlspec-pca")
+        # the covariance updates (the PCA's main cost, O(C^2) per spectrum) run in their own
+        # worker, alongside the model's forward pass in the caller's thread
+        self._add_executor = (ThreadPoolExecutor(max_workers=1,
+                                                 thread_name_prefix="mlspec-pca-add")
+                              if self._pca is not None and self.background else None)
+        self._adds: deque[tuple[Future, int]] = deque()
+        self._adds_rows = 0
         self._tune_executor = (ThreadPoolExecutor(max_workers=1,
                                                   thread_name_prefix="mlspec-tune")
                                if self.fine_tune else None)
-        n_score = num_threads or torch_threads()
+        # scoring threads: as many as the model's (none beside the covariance worker)
+        n_score = self._thread_plan()[0] or torch_threads()
         self._score_pool = (ThreadPoolExecutor(max_workers=n_score,
                                                thread_name_prefix="mlspec-score")
                             if n_score > 1 else None)
@@ -406,15 +423,15 @@ class StreamingMonitor:
         >>> mon.update(spectra, [(0, 0), (0, 1)])  # doctest: +SKIP
         """
         self._check_open()
-        x, flat = self._validate(spectra, positions)
+        x, flat, owned = self._validate(spectra, positions)
         if x.shape[0] == 0:
             return
-        with threads(self.num_threads):
+        with threads(*self._thread_plan(x.shape[0])):
             self._collect_refresh()
             model_out = self._apply_model(x) if self.model_ is not None else None
             pca_out = self._score_pca(x) if self.n_components is not None else None
-        # everything is computed: now change the state
-        self._commit(x, flat, model_out, pca_out)
+            # everything is computed: now change the state
+            self._commit(x, owned, flat, model_out, pca_out)
 
     def push_row(self, row_index: int, spectra, start: int = 0) -> None:
         """Feed (part of) one scan row of a map: ``spectra`` ``(n, n_channels)`` at columns
@@ -452,7 +469,8 @@ class StreamingMonitor:
         self._check_open()
         if self.n_components is None:
             return
-        with threads(self.num_threads):
+        with threads(*self._thread_plan()):
+            self._drain_adds()  # the worker's sums are complete: pending is exact
             if self._pca.pending:
                 self._start_refresh(force=True)
             if wait:
@@ -461,6 +479,7 @@ class StreamingMonitor:
     def wait(self) -> None:
         """Wait for the background refresh and fine-tuning in progress, then use their
         results (maps are updated and notified)."""
+        self._drain_adds()
         for fut in (self._refresh_future, self._tune_future):
             if fut is not None:
                 fut.result()
@@ -481,7 +500,8 @@ class StreamingMonitor:
             self.wait()
         finally:
             self._closed = True
-            for ex in (self._executor, self._tune_executor, self._score_pool):
+            for ex in (self._add_executor, self._executor, self._tune_executor,
+                       self._score_pool):
                 if ex is not None:
                     ex.shutdown(wait=True)
 
@@ -558,7 +578,8 @@ class StreamingMonitor:
         if self._closed:
             raise RuntimeError("this StreamingMonitor is closed; make a new one.")
 
-    def _validate(self, spectra, positions) -> tuple[np.ndarray, np.ndarray]:
+    def _validate(self, spectra, positions) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Float32 rows, flat positions, and whether the rows are a copy made here."""
         if hasattr(spectra, "compute"):
             spectra = spectra.compute()
         x = np.asarray(spectra)
@@ -573,6 +594,7 @@ class StreamingMonitor:
                              f"expects {self.n_channels} (the template's signal axis).")
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.iscomplexobj(x):
             raise ValueError(f"spectra must be real numbers, got dtype {x.dtype}")
+        given = x
         x = np.ascontiguousarray(x, dtype=np.float32)
         flat = self._flat_positions(positions, x.shape[0], single)
         finite = np.isfinite(x).all(axis=1)
@@ -590,7 +612,7 @@ class StreamingMonitor:
                              f"{self.pca_weighting_!r}); nothing was added. Remove the offset "
                              "that made counts negative, or use metric='mse' / "
                              "pca_weighting='none'.")
-        return x, flat
+        return x, flat, not np.may_share_memory(x, given)
 
     def _needs_counts(self) -> bool:
         return self.metric_ == "deviance" or (self.n_components is not None
@@ -661,8 +683,8 @@ class StreamingMonitor:
     # -- streaming PCA ---------------------------------------------------------------------
     def _score_pca(self, x: np.ndarray):
         basis = self._basis
-        if basis is None:
-            return None
+        if basis is None or self._pending:
+            return None  # pending rows are scored first, in their order (see _collect_refresh)
         return StreamingPCA.project(x, basis)
 
     def _start_refresh(self, force: bool = False) -> None:
@@ -672,8 +694,14 @@ class StreamingMonitor:
                 return  # one refresh at a time; the sums keep growing meanwhile
             self._refresh_future.result()
             self._collect_refresh()
-        delta = self._pca.take()
         self._since_refresh = 0
+        if self._add_executor is not None:
+            # the sums are taken in the covariance worker, after the rows queued before;
+            # the refresh thread waits for them (the stream does not)
+            taken = self._add_executor.submit(self._pca.take)
+            self._refresh_future = self._executor.submit(self._refresh_job, taken)
+            return
+        delta = self._pca.take()
         if delta is None:
             return
         if self.background:
@@ -682,17 +710,79 @@ class StreamingMonitor:
             self._refresh_job(delta)
 
     def _refresh_job(self, delta) -> None:
-        """Merge the sums and compute a new basis (the refresh thread)."""
+        """Merge the sums (an Accumulator, or the future of one) and compute a new basis
+        (the refresh thread)."""
+        if isinstance(delta, Future):
+            delta = delta.result()
+            if delta is None:
+                return
         t0 = time.perf_counter()
         try:
-            self._pca.refresh_with(delta)
+            with threads(None, blas=self._pca_blas_threads()):
+                self._pca.refresh_with(delta)
         finally:
             end = time.perf_counter()
             self._next_refresh = end + self.refresh_pause * (end - t0)
 
+    # -- the covariance worker -------------------------------------------------------------
+    def _thread_plan(self, n_rows: int | None = None) -> tuple[int | None, int | None]:
+        """``(torch, BLAS)`` threads of the stream's thread during :meth:`update`.
+
+        ``num_threads`` when given. Else, with the covariance worker running beside the
+        model: the model gets torch's threads but one (at least one) and BLAS calls one
+        thread (small products; OpenBLAS's threaded rank-k update was measured 1.5-2.7x
+        slower with 2 threads than with 1 at 2048 channels), so the two together use the
+        cores torch would use. Without the worker, a batch whose forward pass is small
+        (under ``_SMALL_FORWARD_FLOPS``, e.g. one scan row) runs on one torch thread:
+        per-operation synchronisation of several threads costs more than they gain
+        there (one 128-spectrum row at 2048 channels measured 20x slower on 2 threads than
+        on 1 at load 2.5). Else torch's and BLAS's settings are left alone.
+        """
+        if self.num_threads is not None:
+            return self.num_threads, self.num_threads
+        if self._add_executor is not None:
+            return max(1, torch_threads() - 1), 1
+        if n_rows is not None and forward_flops(self.model_, n_rows) < _SMALL_FORWARD_FLOPS:
+            return 1, None
+        return None, None
+
+    def _pca_blas_threads(self) -> int:
+        return 1 if self.num_threads is None else self.num_threads
+
+    def _add_job(self, x: np.ndarray) -> None:
+        with threads(None, blas=self._pca_blas_threads()):
+            self._pca.add(x, copy=False)
+
+    def _add_rows(self, x: np.ndarray, owned: bool) -> None:
+        """Add rows to the PCA's sums: in the covariance worker (a bounded queue: the
+        stream waits when it is ``_ADD_QUEUE_CHUNKS`` chunks ahead), else here."""
+        if self._add_executor is None:
+            self._pca.add(x, copy=not owned)
+            return
+        self._check_adds()
+        fut = self._add_executor.submit(self._add_job, x if owned else x.copy())
+        self._adds.append((fut, len(x)))
+        self._adds_rows += len(x)
+        while self._adds and self._adds_rows > _ADD_QUEUE_CHUNKS * self.pca_chunk:
+            self._pop_add()
+
+    def _pop_add(self) -> None:
+        fut, n = self._adds.popleft()
+        self._adds_rows -= n
+        fut.result()  # re-raise a failure of the worker here
+
+    def _check_adds(self) -> None:
+        while self._adds and self._adds[0][0].done():
+            self._pop_add()
+
+    def _drain_adds(self) -> None:
+        while self._adds:
+            self._pop_add()
+
     def _collect_refresh(self) -> None:
         """Surface errors of a finished refresh/fine-tune, adopt a fine-tuned model, and
         score the spectra that arrived before the first basis."""
+        self._check_adds()
         fut = self._refresh_future
         if fut is not None and fut.done():
             self._refresh_future = None
@@ -706,11 +796,10 @@ class StreamingMonitor:
                 self.n_fine_tunes_ += 1
         if self._pending and self._basis is not None:
             pending, self._pending, self._pending_rows = self._pending, [], 0
-            idx = np.concatenate([p[0] for p in pending])
-            x = np.concatenate([p[1] for p in pending])
-            t, resid = StreamingPCA.project(x, self._basis)
-            self.pca_loadings.data.reshape(-1, self.n_components)[idx] = t
-            self.pca_residual_map.data.reshape(-1)[idx] = resid
+            loadings = self.pca_loadings.data.reshape(-1, self.n_components)
+            residual = self.pca_residual_map.data.reshape(-1)
+            for idx, x in pending:  # batch by batch: cache-sized temporaries
+                loadings[idx], residual[idx] = StreamingPCA.project(x, self._basis)
 
     # -- fine-tuning -----------------------------------------------------------------------
     def _buffer_for_tuning(self, x: np.ndarray, scores: np.ndarray) -> None:
@@ -726,7 +815,7 @@ class StreamingMonitor:
                 self.n_fine_tunes_ += 1
 
     # -- committing a batch ----------------------------------------------------------------
-    def _commit(self, x, flat, model_out, pca_out) -> None:
+    def _commit(self, x, owned, flat, model_out, pca_out) -> None:
         n = x.shape[0]
         if model_out is not None:
             codes, scores, metric, _ = model_out
@@ -750,18 +839,20 @@ class StreamingMonitor:
                 t, resid = pca_out
                 self.pca_loadings.data.reshape(-1, self.n_components)[flat] = t
                 self.pca_residual_map.data.reshape(-1)[flat] = resid
-            elif self._pending_rows < _MAX_PENDING:
-                self._pending.append((flat.copy(), x.copy()))
-                self._pending_rows += n
-            else:
-                self.n_unscored_ += n
-            with threads(self.num_threads):
-                self._pca.add(x)  # copied: the caller may reuse its buffer
-                self._since_refresh += n
-                if (self._since_refresh >= self.refresh_every and not self.refreshing
-                        and (not self.background
-                             or time.perf_counter() >= self._next_refresh)):
-                    self._start_refresh()
+            if not owned and (pca_out is None or self._add_executor is not None):
+                x, owned = x.copy(), True  # kept beyond this call: the caller may reuse x
+            if pca_out is None:
+                if self._pending_rows < _MAX_PENDING:
+                    self._pending.append((flat.copy(), x))
+                    self._pending_rows += n
+                else:
+                    self.n_unscored_ += n
+            self._add_rows(x, owned)
+            self._since_refresh += n
+            if (self._since_refresh >= self.refresh_every and not self.refreshing
+                    and (not self.background
+                         or time.perf_counter() >= self._next_refresh)):
+                self._start_refresh()
             if not self.background:
                 self._collect_refresh()
         np.add.at(self.coverage.data.reshape(-1), flat, 1)

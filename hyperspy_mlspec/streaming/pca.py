@@ -115,17 +115,28 @@ class Accumulator:
         self.S = np.zeros((n_channels, n_channels), dtype=self.dtype, order="F")
         self.raw_sum = np.zeros(n_channels)  # channel sums of the unweighted counts
 
-    def add(self, y: np.ndarray, raw_sum: np.ndarray) -> None:
+    def add(self, x: np.ndarray, row_weight: np.ndarray | None = None) -> None:
+        """Add raw float32 rows ``x``, each multiplied by ``row_weight`` (None: 1)."""
         from scipy.linalg.blas import dsyrk, ssyrk
 
-        yk = y - self.shift
-        syrk = ssyrk if self.dtype == np.float32 else dsyrk
-        # S += yk.T @ yk, upper triangle, in place: half the FLOPs of a matmul, no temporary
-        self.S = syrk(1.0, np.asfortranarray(yk.T, dtype=self.dtype), beta=1.0, c=self.S,
-                      trans=0, overwrite_c=1)
-        self.s += yk.sum(axis=0)
-        self.n += y.shape[0]
-        self.raw_sum += raw_sum
+        if self.dtype == np.float32:
+            # weighted and shifted in float32, in one temporary (the shift is a float32
+            # value, see StreamingPCA.flush): the rank-k update reads it without a copy
+            yk = x * row_weight[:, None] if row_weight is not None else x.copy()
+            yk -= self.shift.astype(np.float32)
+            syrk = ssyrk
+        else:
+            yk = x.astype(np.float64)
+            if row_weight is not None:
+                yk *= row_weight[:, None]
+            yk -= self.shift
+            syrk = dsyrk
+        # S += yk.T @ yk, upper triangle, in place: half the FLOPs of a matmul; yk.T of the
+        # C-ordered rows is the Fortran-ordered (C, n) matrix BLAS takes as it is
+        self.S = syrk(1.0, yk.T, beta=1.0, c=self.S, trans=0, overwrite_c=1)
+        self.s += yk.sum(axis=0, dtype=np.float64)
+        self.n += x.shape[0]
+        self.raw_sum += x.sum(axis=0, dtype=np.float64)
 
     def merge(self, other: Accumulator) -> None:
         if self.S.dtype != np.float64:  # the refresh's sums are always float64
@@ -181,14 +192,14 @@ class StreamingPCA:
         self._buffered = 0
 
     # -- the stream's side ----------------------------------------------------------------
-    def add(self, x: np.ndarray) -> None:
-        """Buffer float32 rows (copied: the caller may reuse its array); a full chunk is
-        added to the sums."""
+    def add(self, x: np.ndarray, copy: bool = True) -> None:
+        """Buffer float32 rows (copied unless ``copy=False``: the caller may reuse its
+        array); a full chunk is added to the sums."""
         if self.weighting is None:
             from hyperspy_mlspec.estimators.base import looks_like_counts
 
             self.weighting = "poisson" if looks_like_counts(x[:256]) else "none"
-        self._buffer.append(np.array(x, dtype=np.float32))
+        self._buffer.append(np.array(x, dtype=np.float32, copy=copy or None))
         self._buffered += len(x)
         if self._buffered >= self.chunk:
             self.flush()
@@ -204,12 +215,15 @@ class StreamingPCA:
             return
         x = self._buffer[0] if len(self._buffer) == 1 else np.concatenate(self._buffer)
         self._buffer, self._buffered = [], 0
-        y = self._weighted(x)
+        w = self._row_weight(x)
         if self._shift is None:
-            self._shift = y.mean(axis=0)  # fixed shift: keeps the sums well conditioned
+            # fixed shift near the mean (keeps the sums well conditioned), a float32 value
+            # so that float32 chunks subtract exactly the shift the sums record
+            y = x.astype(np.float64) if w is None else x * w[:, None].astype(np.float64)
+            self._shift = y.mean(axis=0).astype(np.float32).astype(np.float64)
         if self._delta is None:
             self._delta = Accumulator(self.n_channels, self._shift, self.dtype)
-        self._delta.add(y, x.sum(axis=0, dtype=np.float64))
+        self._delta.add(x, w)
 
     def take(self) -> Accumulator | None:
         """Hand the stream's sums over (buffer flushed); the stream starts new ones."""
@@ -217,13 +231,12 @@ class StreamingPCA:
         delta, self._delta = self._delta, None
         return delta if delta is not None and delta.n else None
 
-    def _weighted(self, x: np.ndarray) -> np.ndarray:
-        """Rows divided by their Poisson row scale (float64), or unchanged."""
-        y = x.astype(np.float64)
-        if self.weighting == "poisson":
-            r = np.sqrt(np.clip(y.mean(axis=1, keepdims=True), 0, None))
-            y /= np.where(r > 0, r, 1.0)
-        return y
+    def _row_weight(self, x: np.ndarray) -> np.ndarray | None:
+        """Per-row factor ``1 / sqrt(mean)`` of the Poisson weighting (None without)."""
+        if self.weighting != "poisson":
+            return None
+        r = np.sqrt(np.clip(x.mean(axis=1, dtype=np.float64), 0, None))
+        return np.divide(1.0, r, out=np.ones_like(r), where=r > 0).astype(self.dtype)
 
     # -- the refresh's side ----------------------------------------------------------------
     def refresh_with(self, delta: Accumulator | None) -> Basis | None:
