@@ -389,7 +389,7 @@ class SpectralAutoencoder(nn.Module):
             last = self.hidden_decoder[-1]
             last.weight.zero_()
             last.bias.zero_()
-        return sv[:k].to(x.dtype)
+        return w
 
     @torch.no_grad()
     def permute_latent(self, order: torch.Tensor) -> None:
