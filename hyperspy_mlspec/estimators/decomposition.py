@@ -278,8 +278,11 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         better on the held-out split: where PCA is near optimal (high doses, a few
         components) the network is then never worse than it."""
         sample = getattr(self, "_init_sample", None)
+        # NMF-like linear decoders (non-negative components) and variational models
+        # (sampling) are kept as asked
         if not (self._counts and self._noise_var and sample is not None and len(sample)
-                and source.count("val") > 0 and not self.variational):
+                and source.count("val") > 0 and not self.variational
+                and self.decoder == "nonlinear"):
             return
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # weights that start at zero effect: any seed
@@ -292,7 +295,8 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
                   for name, module in (("trained", self.module_), ("pca", pca))}
         self.start_scores_ = scores
         if scores["pca"] < scores["trained"]:
-            self.module_, self.init_, self.loss_ = pca, "pca", "mse"
+            # loss_ stays the data's noise model (what scores against this model use)
+            self.module_, self.init_ = pca, "pca"
             self._optimizer = None  # a later partial_fit trains the new module
 
     def _split_score(self, module: SpectralAutoencoder, source: RowSource) -> float:
