@@ -83,6 +83,14 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         Seed for weights, batch order and sampling; same seed gives the same result on CPU.
     show_progressbar
         None follows ``hs.preferences.General.show_progressbar``.
+    init
+        ``"auto"``: for counts and the nonlinear decoder, fit the network (k-means start)
+        and keep it or the shrunk Poisson-weighted PCA of the data, whichever scores
+        better on the held-out binomial split, so the result is not worse than PCA where
+        PCA is near optimal; otherwise the network. ``"kmeans"``: the network alone.
+        ``"pca"``: a signed network whose linear path is that PCA (closed form, fixed),
+        trained on the Poisson-weighted squared error for its nonlinear corrections only;
+        the PCA start is kept unless training beats it on the held-out split.
 
     Attributes
     ----------
@@ -96,6 +104,12 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         Loss per epoch (``train_loss``, ``val_loss``, ``learning_rate``, ``seconds``).
     loss_, normalization_ : str
         The loss and normalisation actually used.
+    init_ : str
+        The model kept: ``"kmeans"`` (the trained network) or ``"pca"`` (the PCA start,
+        trained or not).
+    start_scores_ : dict
+        ``init="auto"`` on counts: held-out scores of the ``"trained"`` network and of the
+        ``"pca"`` start (lower is better).
     module_ : torch.nn.Module
         The trained network.
 
