@@ -84,6 +84,29 @@ def test_spatial_denoiser_beats_pca_and_per_pixel_dae(small_map):
     assert 1 <= den.n_components_ <= 16
 
 
+def test_energy_smoothing_removes_basis_noise_of_a_line_scan():
+    # 96 spectra: the components' own noise (variance ~ noise / sum(scores^2) per channel)
+    # dominates PCA's error; denoising them along energy must beat PCA at its best K
+    s, truth = eels_map((96,), 512, 10.0, drift=0.0, rare_phase=False, random_state=5,
+                        return_truth=True)
+    clean = np.asarray(truth.clean, dtype=np.float64)
+    X = s.data.astype(np.float64)
+    smooth = SpatialDenoiser().fit(X)
+    raw = SpatialDenoiser(energy_smoothing=False).fit(X)
+    err_smooth = poisson_error(smooth.transform(X), clean)
+    err_raw = poisson_error(raw.transform(X), clean)
+    pca = s.deepcopy()
+    pca.decomposition(normalize_poissonian_noise=True, print_info=False)
+    err_pca = min(poisson_error(pca.get_decomposition_model(k).data, clean)
+                  for k in range(1, 8))
+    assert err_smooth < 0.75 * err_raw, (err_smooth, err_raw)
+    assert err_smooth < 0.75 * err_pca, (err_smooth, err_pca)
+    V = smooth.components_
+    assert np.allclose(V @ V.T, np.eye(len(V)), atol=1e-8)  # still orthonormal
+    with pytest.raises(ValueError, match="energy_smoothing"):
+        SpatialDenoiser(energy_smoothing="yes").fit(X)
+
+
 def test_blind_prediction_ignores_the_pixels_own_spectrum(small_map):
     s, _ = small_map
     X = s.data.astype(np.float64)

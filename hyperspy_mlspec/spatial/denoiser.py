@@ -12,7 +12,15 @@ How it works (every strength is chosen from the data, none by hand)
    edge of the pooled noise) and, for the fine structure they miss, a few components of the
    remainder in short energy windows found at a larger spatial scale (weak but spatially
    coherent variations such as a chemical shift or a valence change are invisible to a
-   global PCA at low dose, but not to a pooled, windowed one).
+   global PCA at low dose, but not to a pooled, windowed one). Components beyond the edge
+   are kept when those found on one binomial half of the counts still carry signal on the
+   other half (an honest test: a basis found on the same pixels fits their noise).
+   The global components are then denoised along the energy axis: a component estimated
+   from n pixels carries noise of variance ``noise / sum(scores^2)`` in every channel,
+   independent from channel to channel, which dominates the error of small maps and line
+   scans; within short energy windows each component is predicted from its neighbouring
+   channels (a blind-spot filter along energy, width and weight chosen by Noise2Self, so
+   sharp edges and fine structure keep their own values).
 3. *Spatial filtering.* Each coordinate is a map with noise independent from pixel to
    pixel. A blind-spot Gaussian filter predicts it from the neighbours only, with the width
    and scale chosen per coordinate by the Noise2Self loss (J-invariance), and the result is
@@ -44,6 +52,7 @@ _MIN_POOLED_SIDE = 32  # smaller grids find their basis unpooled (pooling blurs 
 #                        pixels they have; measured on a 10-pixel real line scan)
 _WINDOW_SIGMA = 4.0  # pixels: pooling of the remainder the window bases are found on
 _SIGNIFICANCE = 2.0  # eigenvalues must exceed this multiple of the pooled-noise edge
+_MIN_HONEST_SIDE = 8  # grids with fewer pixels along every axis skip the split-half tests
 
 
 def _is_dask(x: Any) -> bool:
@@ -72,6 +81,17 @@ def _smooth(maps: np.ndarray, sigma: float, valid: np.ndarray, axis_scale) -> np
     num = filters._idct(filters._dct(maps * v[..., None], nd) * resp[..., None], nd)
     den = filters._idct(filters._dct(v, nd) * resp, nd)
     return num / np.maximum(den, 1e-12)[..., None]
+
+
+def _leading_eigh(cov: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest eigenvalues (descending) and their eigenvectors of a symmetric
+    matrix (only those are computed: several times faster than the full decomposition)."""
+    from scipy.linalg import eigh
+
+    d = cov.shape[0]
+    k = int(min(max(k, 1), d))
+    evals, evecs = eigh(cov, subset_by_index=[d - k, d - 1])
+    return evals[::-1], evecs[:, ::-1]
 
 
 def _windows(n_channels: int, width: int) -> list[tuple[int, int]]:
@@ -122,6 +142,10 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         Largest number of components per energy window for the fine structure (0: none).
     window_width
         Channels per energy window, or ``"auto"`` (an eighth of the channels, 16-128).
+    energy_smoothing
+        Denoise the global components along the energy axis (Noise2Self within windows of
+        ``n_channels / 32`` channels, 16-64); False keeps the principal components as
+        found.
     sigmas
         Candidate widths (pixels) of the spatial filters; ``inf`` is the map mean.
     axis_scale
@@ -168,6 +192,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
 
     def __init__(self, noise: str = "auto", *, max_components: int = 16,
                  window_components: int = 4, window_width: int | str = "auto",
+                 energy_smoothing: bool = True,
                  sigmas: Sequence[float] = filters.DEFAULT_SIGMAS,
                  axis_scale: Sequence[float] | None = None,
                  max_fit_pixels: int = 2**18, random_state: int | None = 0) -> None:
@@ -175,6 +200,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         self.max_components = max_components
         self.window_components = window_components
         self.window_width = window_width
+        self.energy_smoothing = energy_smoothing
         self.sigmas = sigmas
         self.axis_scale = axis_scale
         self.max_fit_pixels = max_fit_pixels
@@ -196,6 +222,9 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
                              f"{self.window_width!r}")
         if not len(self.sigmas) or any(not (s > 0) for s in self.sigmas):
             raise ValueError(f"sigmas must be positive widths, got {self.sigmas!r}")
+        if not isinstance(self.energy_smoothing, (bool, np.bool_)):
+            raise ValueError(f"energy_smoothing must be True or False, got "
+                             f"{self.energy_smoothing!r}")
 
     def _check_input(self, X, valid, reset: bool):
         if _is_dask(X):
@@ -343,8 +372,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         sigma_b = _BASIS_SIGMA if max(nav) >= _MIN_POOLED_SIDE else 0.0
         B = (_smooth(Y, sigma_b, v, axis_scale) if sigma_b else Y).reshape(n, D)[vf]
         cov = (B.T.astype(np.float64) @ B.astype(np.float64)) / len(B)
-        evals, evecs = np.linalg.eigh(cov)
-        evals, evecs = evals[::-1], evecs[:, ::-1]
+        evals, evecs = _leading_eigh(cov, K)
         nu = _kernel_square_sum(sigma_b, axis_scale) if sigma_b else 1.0
         n_eff = max(vf.sum() * nu, 1.0)
         # pooled unit noise: Marchenko-Pastur edge; its level is measured below (gain)
@@ -359,17 +387,22 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         # checkerboard test (small maps, where the edge is very high), whichever is more
         k_edge = int((evals[:K] > _SIGNIFICANCE * edge * noise_level).sum())
         k = int(np.clip(max(k_edge, self.__dict__.pop("_n_significant", 0)), 1, K))
+        halves = None
+        if nav and max(nav) >= _MIN_HONEST_SIDE:
+            halves = self._split(X, v)
+            k = max(k, self._honest_count(halves, g, v, axis_scale, K, sigma_b))
         self.n_components_ = k
         V = V[:, :k]
+        if self.energy_smoothing:
+            V = self._smooth_components(V, Z[vf, :k], noise_level)
         self.components_ = V.T.copy()
-        Z = Z[:, :k]
 
         # 2. window bases of the remainder, found on the map pooled at a larger scale
         width = self._width(D)
         self.windows_ = _windows(D, width)
         self.window_bases_ = [np.zeros((b - a, 0)) for a, b in self.windows_]
-        if self.window_components > 0 and nav and max(nav) >= 8:
-            self.window_bases_ = self._honest_window_bases(X, g, v, axis_scale)
+        if self.window_components > 0 and halves is not None:
+            self.window_bases_ = self._honest_window_bases(halves, g, v, axis_scale)
         self.n_window_components_ = int(sum(U.shape[1] for U in self.window_bases_))
 
         # 3. per-coordinate spatial filters
@@ -402,7 +435,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         B = pooled.reshape(n, D)[black.reshape(-1)]
         B = B - B.mean(axis=0)
         cov = (B.T.astype(np.float64) @ B.astype(np.float64)) / len(B)
-        V = np.linalg.eigh(cov)[1][:, ::-1][:, :k].astype(np.float32)
+        V = _leading_eigh(cov, k)[1].astype(np.float32)
         Yw = Y.reshape(n, D)[white.reshape(-1)]
         Yw = Yw - Yw.mean(axis=0)
         Zw = Yw @ V
@@ -417,6 +450,60 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         significant = var_w > level + 3.0 * se
         self._n_significant = int(np.argmin(significant)) if not significant.all() else k
         return level
+
+    def _whiten(self, X: np.ndarray, g: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Whitened, centred ``nav_shape + (D,)`` map (zero at invalid pixels)."""
+        Y = X / (g[..., None] * self.column_scale_.astype(np.float32)) - \
+            self.offset_.astype(np.float32)
+        return np.where(v[..., None], Y, 0.0).astype(np.float32)
+
+    def _honest_count(self, halves, g: np.ndarray, v: np.ndarray, axis_scale, K: int,
+                      sigma_b: float) -> int:
+        """Leading components found on one noisy half of the map whose scores on the other
+        half the spatial filter still finds signal in (their scale ``beta > 0``)."""
+        x1, x2, factor = halves
+        nav = v.shape
+        n, D = int(np.prod(nav)), x1.shape[-1]
+        vf = v.reshape(-1)
+        Y1 = self._whiten(x1, g, v)
+        B = (_smooth(Y1, sigma_b, v, axis_scale) if sigma_b else Y1).reshape(n, D)[vf]
+        cov = (B.T.astype(np.float64) @ B.astype(np.float64)) / len(B)
+        V1 = _leading_eigh(cov, K)[1].astype(np.float32)
+        Z2 = (self._whiten(x2, g, v).reshape(n, D) @ V1).astype(np.float64)
+        Z2[~vf] = 0.0
+        choice = filters.select(Z2.reshape(nav + (-1,)), np.full(K, self.noise_level_ * factor),
+                                v, tuple(self.sigmas), axis_scale)
+        signal = choice.beta > 0
+        return int(np.argmin(signal)) if not signal.all() else K
+
+    def _smooth_components(self, V: np.ndarray, Z: np.ndarray, noise_level: float
+                           ) -> np.ndarray:
+        """Components ``V`` (D, k) denoised along energy, orthonormalised again.
+
+        The noise of a component found from scores ``Z`` is about ``noise_level /
+        sum(Z^2)`` per channel, independent between channels: within overlapping windows
+        of channels, each component is predicted from its neighbouring channels only
+        (:func:`~hyperspy_mlspec.spatial.filters.select` along the energy axis), the
+        prediction combined with its own values by their posterior weights, and the
+        windows blended.
+        """
+        D, k = V.shape
+        var = noise_level / np.maximum((Z.astype(np.float64) ** 2).sum(axis=0), 1e-300)
+        width = int(np.clip(D // 32, 16, 64))
+        if D < 2 * width:
+            return V
+        windows = _windows(D, width)  # all of length ``width``: one call filters them all
+        Vd = V.astype(np.float64)
+        segs = np.concatenate([Vd[a:b] for a, b in windows], axis=1)  # (width, n_win * k)
+        var_all = np.tile(var, len(windows))
+        choice = filters.select(segs, var_all, None, tuple(self.sigmas), (1.0,))
+        smooth = filters.combine(segs, filters.predict(segs, choice), var_all, choice)
+        out = np.zeros((D, k))
+        for i, ((a, b), w) in enumerate(zip(windows, _blend_weights(windows, D), strict=True)):
+            out[a:b] += smooth[:, i * k:(i + 1) * k] * w[:, None]
+        Q, R = np.linalg.qr(out)
+        Q = Q * np.where(np.diag(R) < 0, -1.0, 1.0)  # keep each component's sign
+        return Q
 
     def _width(self, D: int) -> int:
         if self.window_width == "auto":
@@ -468,19 +555,16 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
     def _remainder(self, X: np.ndarray, g: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Whitened, centred rows of ``X`` minus their global-component part."""
         n = int(np.prod(v.shape))
-        D = X.shape[-1]
-        Y = X / (g[..., None] * self.column_scale_.astype(np.float32)) - \
-            self.offset_.astype(np.float32)
-        Y = np.where(v[..., None], Y, 0.0).reshape(n, D).astype(np.float32)
+        Y = self._whiten(X, g, v).reshape(n, X.shape[-1])
         V = self.components_.T.astype(np.float32)
         return Y - (Y @ V) @ V.T
 
-    def _honest_window_bases(self, X: np.ndarray, g: np.ndarray, v: np.ndarray, axis_scale
+    def _honest_window_bases(self, halves, g: np.ndarray, v: np.ndarray, axis_scale
                              ) -> list[np.ndarray]:
         """Window bases found on one noisy version of the map and kept only where the
         spatial filter of the *other* version's coordinates finds signal: a basis fitted to
         a map's own noise would pass that noise on as structure."""
-        x1, x2, factor = self._split(X, v)
+        x1, x2, factor = halves
         R1 = self._remainder(x1, g, v)
         bases = self._window_bases(R1, v, axis_scale, self.noise_level_ * factor)
         R2 = self._remainder(x2, g, v)
