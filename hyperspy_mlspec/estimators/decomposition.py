@@ -87,7 +87,8 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         ``"auto"``: for counts and the nonlinear decoder, fit the network (k-means start)
         and keep it or the shrunk Poisson-weighted PCA of the data, whichever scores
         better on the held-out binomial split, so the result is not worse than PCA where
-        PCA is near optimal; otherwise the network. ``"kmeans"``: the network alone.
+        PCA is near optimal (the PCA start when there are too few spectra for a held-out
+        split, see ``validation_fraction``); otherwise the network. ``"kmeans"``: the network alone.
         ``"pca"``: a signed network whose linear path is that PCA (closed form, fixed),
         trained on the Poisson-weighted squared error for its nonlinear corrections only;
         the PCA start is kept unless training beats it on the held-out split.
@@ -109,7 +110,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         trained or not).
     start_scores_ : dict
         ``init="auto"`` on counts: held-out scores of the ``"trained"`` network and of the
-        ``"pca"`` start (lower is better).
+        ``"pca"`` start (lower is better; NaN without a held-out split).
     module_ : torch.nn.Module
         The trained network.
 
@@ -295,8 +296,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         # NMF-like linear decoders (non-negative components) and variational models
         # (sampling) are kept as asked
         if not (self._counts and self._noise_var and sample is not None and len(sample)
-                and source.count("val") > 0 and not self.variational
-                and self.decoder == "nonlinear"):
+                and not self.variational and self.decoder == "nonlinear"):
             return
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # weights that start at zero effect: any seed
@@ -305,10 +305,13 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         pca.standardize_inputs(xn.to(self.device_))
         pca.init_from_data(xn.to(self.device_))
         pca.eval()
-        scores = {name: self._split_score(module, source)
-                  for name, module in (("trained", self.module_), ("pca", pca))}
+        if source.count("val") > 0:
+            scores = {name: self._split_score(module, source)
+                      for name, module in (("trained", self.module_), ("pca", pca))}
+        else:  # too few spectra for a held-out split: nothing shows the network is better
+            scores = {"trained": float("nan"), "pca": float("nan")}
         self.start_scores_ = scores
-        if scores["pca"] < scores["trained"]:
+        if not scores["pca"] >= scores["trained"]:  # NaN (no split) keeps the PCA start
             # loss_ stays the data's noise model (what scores against this model use)
             self.module_, self.init_ = pca, "pca"
             self._optimizer = None  # a later partial_fit trains the new module
