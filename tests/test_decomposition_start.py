@@ -110,3 +110,19 @@ def test_keep_start_returns_the_start_when_training_never_beats_it():
     assert res.best_epoch == -1
     for key, value in lin.state_dict().items():
         torch.testing.assert_close(value, start[key])
+
+
+def test_too_few_spectra_for_a_split_keep_the_pca_start(high_dose):
+    """Below 80 spectra there is no held-out split: nothing can show the network is
+    better, so the default keeps the PCA start (the network alone is 1.06-10x PCA on the
+    real 40-spectrum LSMO linescan thinned to 2 %)."""
+    s, clean = high_dose
+    X = s.data.reshape(-1, s.data.shape[-1])[:60]
+    ae = AutoencoderDecomposition(2, epochs=3, random_state=0, show_progressbar=False).fit(X)
+    assert ae.init_ == "pca" and np.isnan(ae.start_scores_["pca"])
+    u, sv, vt = np.linalg.svd(X / np.sqrt(X.mean(1, keepdims=True) * X.mean(0)),
+                              full_matrices=False)
+    # the kept components span the Poisson-weighted PCA subspace
+    comps = ae.components_ / np.sqrt(X.mean(0))
+    resid = comps - (comps @ vt[:2].T) @ vt[:2]
+    assert np.linalg.norm(resid) < 1e-3 * np.linalg.norm(comps)
