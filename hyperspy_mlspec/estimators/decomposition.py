@@ -88,7 +88,8 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         and keep it or the shrunk Poisson-weighted PCA of the data, whichever scores
         better on the held-out binomial split, so the result is not worse than PCA where
         PCA is near optimal (the PCA start when there are too few spectra for a held-out
-        split, see ``validation_fraction``); otherwise the network. ``"kmeans"``: the network alone.
+        split, see ``validation_fraction``); otherwise the network. ``"kmeans"``: the
+        network alone.
         ``"pca"``: a signed network whose linear path is that PCA (closed form, fixed),
         trained on the Poisson-weighted squared error for its nonlinear corrections only;
         the PCA start is kept unless training beats it on the held-out split.
