@@ -288,6 +288,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         super()._train(source, epochs, batch_size, seed, patience, **options)
         if getattr(self, "_choosing", False):
             self._choose_start(source)
+        self._init_sample = None  # the data sample is not kept with the model
 
     def _choose_start(self, source: RowSource) -> None:
         """Keep the trained network or switch to the shrunk PCA start, whichever scores

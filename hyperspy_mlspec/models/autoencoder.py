@@ -371,10 +371,11 @@ class SpectralAutoencoder(nn.Module):
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             torch.manual_seed(0)
             _, sv, v = torch.svd_lowrank(x, q=q, niter=6)
-        v = v[:, :k].T.contiguous()  # (k, C)
+        r = min(k, v.shape[1])  # fewer spectra than components: the rest stay at zero
+        v = torch.cat([v[:, :r].T, v.new_zeros(k - r, v.shape[0])])  # (k, C)
         w = torch.ones(k, dtype=x.dtype, device=x.device)
         if noise_var is not None and noise_var > 0:
-            w = optimal_shrinkage(sv[:k], x.shape, noise_var).to(x.dtype)
+            w[:r] = optimal_shrinkage(sv[:r], x.shape, noise_var).to(x.dtype)
         for head in (self.mu, *(() if self.logvar is None else (self.logvar,))):
             head.weight.zero_()
             head.bias.zero_()
