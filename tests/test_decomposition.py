@@ -116,6 +116,7 @@ def test_in_sklearn_pipeline(counts):
     ({"batch_size": 1000}, None, "batch_size=1000 is larger"),
     ({"decoder": "quadratic"}, None, "decoder"),
     ({"loss": "l1"}, None, "loss"),
+    ({"init": "random"}, None, "init must be"),
     ({}, "nan", "NaN"),
     ({"normalization": "sum"}, "negative", "non-negative"),
 ])

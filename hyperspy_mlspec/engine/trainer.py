@@ -235,6 +235,7 @@ def train(
     amp: bool | str | None = "auto",
     schedule: str = "plateau",
     min_delta: float = 1e-4,
+    keep_start: bool = False,
 ) -> TrainResult:
     """Train ``module`` by minimising ``step_loss`` over minibatches of ``source``.
 
@@ -297,6 +298,10 @@ def train(
     min_delta
         Relative improvement of the monitored loss that counts as one (best weights,
         patience).
+    keep_start
+        Score the starting weights on the held-out split before the first step and keep
+        them unless a round beats them (a closed-form start, e.g. PCA, that training may
+        only improve on); ``best_epoch`` is then -1 when they were kept.
 
     Returns
     -------
@@ -381,6 +386,13 @@ def train(
                                         "n_val": n_val, "max_steps": max_steps})
     best = _BestWeights(module)
     best_loss, bad_rounds = math.inf, 0
+    if keep_start and has_val:
+        module.eval()
+        start_batches = (rows.batches(val_size, "val") if rows is not None
+                         else source.batches(val_size, split="val"))
+        best_loss = _mean_loss(step_loss, start_batches, device, group, autocast)
+        best.save()
+        result.best_epoch = -1
 
     def stream():
         """Training batches, epoch after epoch (a new order each epoch)."""

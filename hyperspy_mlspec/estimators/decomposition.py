@@ -84,6 +84,16 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         Seed for weights, batch order and sampling; same seed gives the same result on CPU.
     show_progressbar
         None follows ``hs.preferences.General.show_progressbar``.
+    init
+        ``"auto"``: for counts and the nonlinear decoder, fit the network (k-means start)
+        and keep it or the shrunk Poisson-weighted PCA of the data, whichever scores
+        better on the held-out binomial split, so the result is not worse than PCA where
+        PCA is near optimal (the PCA start when there are too few spectra for a held-out
+        split, see ``validation_fraction``); otherwise the network. ``"kmeans"``: the
+        network alone.
+        ``"pca"``: a signed network whose linear path is that PCA (closed form, fixed),
+        trained on the Poisson-weighted squared error for its nonlinear corrections only;
+        the PCA start is kept unless training beats it on the held-out split.
 
     Attributes
     ----------
@@ -97,6 +107,12 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         Loss per epoch (``train_loss``, ``val_loss``, ``learning_rate``, ``seconds``).
     loss_, normalization_ : str
         The loss and normalisation actually used.
+    init_ : str
+        The model kept: ``"kmeans"`` (the trained network) or ``"pca"`` (the PCA start,
+        trained or not).
+    start_scores_ : dict
+        ``init="auto"`` on counts: held-out scores of the ``"trained"`` network and of the
+        ``"pca"`` start (lower is better; NaN without a held-out split).
     module_ : torch.nn.Module
         The trained network.
 
@@ -119,7 +135,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
                  beta: float = 1.0, validation_fraction: float = 0.1,
                  patience: int | None = 5, partial_fit_epochs: int = 1,
                  device: str = "auto", random_state=None,
-                 show_progressbar: bool | None = None) -> None:
+                 show_progressbar: bool | None = None, init: str = "auto") -> None:
         self.n_components = n_components
         self.encoder = encoder
         self.decoder = decoder
@@ -138,6 +154,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         self.device = device
         self.random_state = random_state
         self.show_progressbar = show_progressbar
+        self.init = init
 
     # measured in benchmarks/bench_speed.py: with the split validation, 600 steps bound
     # the runs that keep improving (EDS, high doses); low-dose maps stop after ~15 rounds
@@ -151,6 +168,8 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
             raise ValueError(f"encoder must be 'dense' or 'conv', got {self.encoder!r}")
         if self.decoder not in ("linear", "nonlinear"):
             raise ValueError(f"decoder must be 'linear' or 'nonlinear', got {self.decoder!r}")
+        if self.init not in ("auto", "pca", "kmeans"):
+            raise ValueError(f"init must be 'auto', 'pca' or 'kmeans', got {self.init!r}")
 
     def _build_module(self, n_features: int) -> torch.nn.Module:
         k = self.n_components
@@ -161,9 +180,17 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
                   or default_hidden_sizes(n_features, int(k)))
         self._restored_hidden = None
         self.hidden_layer_sizes_ = tuple(int(h) for h in hidden)
-        return SpectralAutoencoder(n_features, int(k), encoder=self.encoder,
-                                   decoder=self.decoder, variational=self.variational,
-                                   nonnegative=self.nonnegative_, hidden=self.hidden_layer_sizes_)
+        return self._new_module(n_features, self.init_ == "pca")
+
+    def _new_module(self, n_features: int, pca: bool) -> SpectralAutoencoder:
+        module = SpectralAutoencoder(n_features, int(self.n_components), encoder=self.encoder,
+                                     decoder=self.decoder, variational=self.variational,
+                                     nonnegative=self.nonnegative_ and not pca,
+                                     hidden=self.hidden_layer_sizes_, linear_path=pca,
+                                     clip_negative=pca and self.nonnegative_)
+        # the noise level of the normalised counts shrinks the PCA start's components
+        module.noise_var = getattr(self, "_noise_var", None)
+        return module
 
     def _step_loss(self):
         module, norm = self.module_, self.normalizer_
@@ -171,11 +198,11 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         n_features = self.n_features_in_
 
         c = torch.as_tensor(norm.channel_scale, device=self.device_)
-        split = poisson and getattr(self, "_counts", False)
+        split = getattr(self, "_counts", False)
         fused = poisson and module.nonnegative and not module.linear_decoder
 
         def step(x: torch.Tensor, training: bool) -> torch.Tensor:
-            if split and not training:
+            if poisson and split and not training:
                 # held-out split of the counts (Noise2Self): reconstruct from one binomial
                 # half (doubled) and score against the other, whose noise is independent;
                 # the reconstruction of x scored against x itself keeps improving as the
@@ -191,6 +218,12 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
             elif poisson:  # rates in count units: normalisation folded into the network
                 rate, _, mu, logvar = module.rates(x, norm.row_scale(x), c, sample=training)
                 loss = poisson_deviance(rate, x)
+            elif split and not training:  # the binomial split of the Gaussian loss
+                a = binomial_half(x)
+                x2 = 2.0 * a
+                rate, _, mu, logvar = module.rates(x2, norm.row_scale(x2), c)
+                m = norm.multiplier(norm.row_scale(x))
+                return gaussian_loss(2.0 * (x - a) / m, rate / m)
             else:
                 xn, _ = norm.forward(x)
                 y, _, mu, logvar = module(xn, sample=training)
@@ -203,9 +236,107 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         step.validation_seed = 12345  # the same halves at every round
         return step
 
+    def _plan(self, n_train: int, batch_size: int) -> dict:
+        plan = super()._plan(n_train, batch_size)
+        # the PCA start is kept unless training beats it on the held-out split
+        return {**plan, "keep_start": getattr(self, "init_", None) == "pca"}
+
     def _resolve_from_sample(self, sample: np.ndarray) -> None:
+        self.init_ = "kmeans" if self.init == "auto" else self.init
         super()._resolve_from_sample(sample)
         self._counts = looks_like_counts(sample)  # binomial splits need integer counts
+        self._init_sample = sample  # the PCA candidate of init="auto" (dropped after fit)
+        self._noise_var = None
+        if self._counts and len(sample):
+            # Poisson: var(x) = E[x], so var(x / m) is estimated without bias by x / m^2
+            x = torch.as_tensor(sample, dtype=torch.float64)
+            m = self.normalizer_.multiplier(self.normalizer_.row_scale(x))
+            self._noise_var = float((x / m**2).mean())
+        if self.init_ == "pca" and self.loss == "auto":
+            # the PCA start is the optimum of the Poisson-weighted squared error (HyperSpy's
+            # PCA); training on that loss can then only improve on it
+            self.loss_ = "mse"
+
+    def fit(self, X, y=None):
+        """Fit the model to spectra.
+
+        With ``init="auto"`` and count data, the trained network is compared on the
+        held-out split (a binomial split of its counts, Poisson-weighted squared error)
+        with the shrunk Poisson-weighted PCA of the data, and the better of the two is
+        kept (``init_`` tells which).
+
+        Parameters
+        ----------
+        X
+            Array of shape ``(n_spectra, n_channels)``: numpy, or dask (streamed chunk by
+            chunk, never loaded whole).
+        y
+            Ignored.
+
+        Returns
+        -------
+        self
+        """
+        self._choosing = self.init == "auto"
+        try:
+            return super().fit(X, y)
+        finally:
+            self._choosing = False
+            self._init_sample = None
+
+    def _train(self, source: RowSource, epochs: int, batch_size: int, seed: int,
+               patience: int | None, **options) -> None:
+        super()._train(source, epochs, batch_size, seed, patience, **options)
+        if getattr(self, "_choosing", False):
+            self._choose_start(source)
+        self._init_sample = None  # the data sample is not kept with the model
+
+    def _choose_start(self, source: RowSource) -> None:
+        """Keep the trained network or switch to the shrunk PCA start, whichever scores
+        better on the held-out split: where PCA is near optimal (high doses, a few
+        components) the network is then never worse than it."""
+        sample = getattr(self, "_init_sample", None)
+        # NMF-like linear decoders (non-negative components) and variational models
+        # (sampling) are kept as asked
+        if not (self._counts and self._noise_var and sample is not None and len(sample)
+                and not self.variational and self.decoder == "nonlinear"):
+            return
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # weights that start at zero effect: any seed
+            pca = self._new_module(source.n_features, pca=True).to(self.device_)
+        xn, _ = self.normalizer_.forward(torch.as_tensor(sample, dtype=torch.float32))
+        pca.standardize_inputs(xn.to(self.device_))
+        pca.init_from_data(xn.to(self.device_))
+        pca.eval()
+        if source.count("val") > 0:
+            scores = {name: self._split_score(module, source)
+                      for name, module in (("trained", self.module_), ("pca", pca))}
+        else:  # too few spectra for a held-out split: nothing shows the network is better
+            scores = {"trained": float("nan"), "pca": float("nan")}
+        self.start_scores_ = scores
+        if not scores["pca"] >= scores["trained"]:  # NaN (no split) keeps the PCA start
+            # loss_ stays the data's noise model (what scores against this model use)
+            self.module_, self.init_ = pca, "pca"
+            self._optimizer = None  # a later partial_fit trains the new module
+
+    def _split_score(self, module: SpectralAutoencoder, source: RowSource) -> float:
+        """Poisson-weighted squared error of ``module`` on the held-out rows: the
+        reconstruction of one binomial half (doubled) against the other half, whose noise
+        is independent (the same halves for every module scored)."""
+        norm = self.normalizer_
+        c = torch.as_tensor(norm.channel_scale, device=self.device_)
+        total, n = 0.0, 0
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(12345)
+            for batch in source.batches(4096, split="val"):
+                x = torch.as_tensor(np.asarray(batch, np.float32), device=self.device_)
+                a = binomial_half(x)
+                x2 = 2.0 * a
+                rate = module.rates(x2, norm.row_scale(x2), c)[0]
+                m = norm.multiplier(norm.row_scale(x))
+                total += float((((2.0 * (x - a) - rate) / m) ** 2).sum())
+                n += x.numel()
+        return total / max(n, 1)
 
     def _after_fit(self, source: RowSource) -> None:
         """Sort latent dimensions by explained variance and derive ``components_``
@@ -353,11 +484,12 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
 
     def _fitted_config(self):
         return {**super()._fitted_config(), "typical_scale_": self.typical_scale_,
-                "hidden_layer_sizes_": list(self.hidden_layer_sizes_)}
+                "hidden_layer_sizes_": list(self.hidden_layer_sizes_), "init_": self.init_}
 
     def _restore(self, config, arrays, weights):
         self._restored_hidden = tuple(config["hidden_layer_sizes_"])
         self.nonnegative_ = config["nonnegative_"]
+        self.init_ = config.get("init_", "kmeans")  # files saved before init= existed
         super()._restore(config, arrays, weights)
         self.typical_scale_ = config["typical_scale_"]
         for key in ("components_", "explained_variance_", "explained_variance_ratio_"):
