@@ -292,17 +292,23 @@ def child(method: str, path: str, mode: str, epochs: int, anomaly_epochs: int,
             "version": hyperspy_mlspec.__version__}
 
 
-def run_child(method: str, path: Path, mode: str, cfg: dict, out_dir: Path) -> dict:
-    cmd = [sys.executable, "-m", MODULE, "--child", method, str(path), mode,
-           str(cfg["epochs"]), str(cfg["anomaly_epochs"]), str(out_dir), str(cfg["robust"])]
+def _run_module(args: list[str], what: str) -> dict:
+    """This module run as a fresh process with ``args``; the last JSON line it prints."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+    proc = subprocess.run([sys.executable, "-m", MODULE, *args], capture_output=True,
+                          text=True, env=env, cwd=root)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
-        raise RuntimeError(f"{method} {mode} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1])
+
+
+def run_child(method: str, path: Path, mode: str, cfg: dict, out_dir: Path) -> dict:
+    return _run_module(["--child", method, str(path), mode, str(cfg["epochs"]),
+                        str(cfg["anomaly_epochs"]), str(out_dir), str(cfg["robust"])],
+                       f"{method} {mode}")
 
 
 def fit_model14(path: Path, out_dir: Path, epochs: int, stride: int = 32) -> dict:
@@ -331,16 +337,8 @@ def fit_model14(path: Path, out_dir: Path, epochs: int, stride: int = 32) -> dic
 
 
 def run_child14(path: Path, mode: str, out_dir: Path, workers: int) -> dict:
-    cmd = [sys.executable, "-m", MODULE, "--child14", str(path), mode, str(out_dir),
-           str(workers)]
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"issue14 {mode} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    return _run_module(["--child14", str(path), mode, str(out_dir), str(workers)],
+                       f"issue14 {mode}")
 
 
 def report14(results: list[dict], cfg: dict, cmd: str, info: dict, size: int,

@@ -304,43 +304,39 @@ def measure_streaming(quick: bool = False, repeats: int = 3) -> dict:
 
 
 # -- reference commit -----------------------------------------------------------------------
-def reference_methods(commit: str, maps: Sequence[str], quick: bool) -> dict:
-    """The methods part run with ``hyperspy_mlspec`` of ``commit`` (a ``git archive``)."""
+def _at_commit(commit: str, code: str, args: list[str], name: str, quiet: bool) -> dict:
+    """Run ``code`` (which writes JSON to ``sys.argv[-1]``) in a subprocess with
+    ``hyperspy_mlspec`` of ``commit`` (a ``git archive``) first on the path, then this tree
+    (the benchmark and its helpers come from the current tree); returns that JSON."""
     with tempfile.TemporaryDirectory(prefix="mlspec-ref-") as tmp:
-        # the package only: this benchmark (and its helpers) come from the current tree
         archive = subprocess.run(["git", "archive", commit, "hyperspy_mlspec"], cwd=ROOT,
                                  check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        out = Path(tmp) / "methods.json"
+        out = Path(tmp) / f"{name}.json"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([tmp, str(ROOT)]))
-        cmd = [sys.executable, "-c",
-               "import sys, json; sys.path[:0] = sys.argv[1:3]; "
-               "from benchmarks.bench_speed import measure_methods; "
-               "json.dump(measure_methods(json.loads(sys.argv[3]), sys.argv[4] == '1'), "
-               "open(sys.argv[5], 'w'))",
-               tmp, str(ROOT), json.dumps(list(maps)), "1" if quick else "0", str(out)]
-        subprocess.run(cmd, env=env, check=True, cwd=tmp)
+        cmd = [sys.executable, "-c", "import sys, json; sys.path[:0] = sys.argv[1:3]; " + code,
+               tmp, str(ROOT), *args, str(out)]
+        subprocess.run(cmd, env=env, check=True, cwd=tmp, capture_output=quiet)
         return json.loads(out.read_text())
+
+
+def reference_methods(commit: str, maps: Sequence[str], quick: bool) -> dict:
+    """The methods part run with ``hyperspy_mlspec`` of ``commit`` (a ``git archive``)."""
+    code = ("from benchmarks.bench_speed import measure_methods; "
+            "json.dump(measure_methods(json.loads(sys.argv[3]), sys.argv[4] == '1'), "
+            "open(sys.argv[5], 'w'))")
+    return _at_commit(commit, code, [json.dumps(list(maps)), "1" if quick else "0"],
+                      "methods", quiet=False)
 
 
 def reference_part(commit: str, part: str, quick: bool) -> dict:
     """``measure_<part>`` (inference or streaming) run with ``hyperspy_mlspec`` of
     ``commit`` in a subprocess (a ``git archive``), right after this process measured it:
     a before/after ratio under the same load."""
-    with tempfile.TemporaryDirectory(prefix="mlspec-ref-") as tmp:
-        archive = subprocess.run(["git", "archive", commit, "hyperspy_mlspec"], cwd=ROOT,
-                                 check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        out = Path(tmp) / f"{part}.json"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([tmp, str(ROOT)]))
-        cmd = [sys.executable, "-c",
-               "import sys, json; sys.path[:0] = sys.argv[1:3]; "
-               "import benchmarks.bench_speed as b; "
-               "json.dump(getattr(b, 'measure_' + sys.argv[3])(sys.argv[4] == '1'), "
-               "open(sys.argv[5], 'w'))",
-               tmp, str(ROOT), part, "1" if quick else "0", str(out)]
-        subprocess.run(cmd, env=env, check=True, cwd=tmp, capture_output=True)
-        return json.loads(out.read_text())
+    code = ("import benchmarks.bench_speed as b; "
+            "json.dump(getattr(b, 'measure_' + sys.argv[3])(sys.argv[4] == '1'), "
+            "open(sys.argv[5], 'w'))")
+    return _at_commit(commit, code, [part, "1" if quick else "0"], part, quiet=True)
 
 
 # -- report ---------------------------------------------------------------------------------

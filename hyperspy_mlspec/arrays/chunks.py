@@ -18,11 +18,12 @@ dask's scheduler will use (``num_workers``, the thread pool, the threads of a
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
-__all__ = ["BLOCK_COPIES", "MEMORY_BUDGET", "block_rows", "dask_workers", "memory_budget",
-           "source_array"]
+__all__ = ["BLOCK_COPIES", "MEMORY_BUDGET", "block_rows", "dask_workers", "distributed_client",
+           "memory_budget", "source_array"]
 
 #: bytes for all lazy blocks in flight together (with the ~420 MiB that Python, torch,
 #: HyperSpy and exspy take, a whole process stays well under 1 GiB)
@@ -67,7 +68,7 @@ def dask_workers() -> int:
     scheduler = dask.config.get("scheduler", None)
     if scheduler in ("sync", "synchronous", "single-threaded"):
         return 1
-    client = _client(scheduler)
+    client = distributed_client(scheduler)
     if client is not None:  # blocks in flight per worker process
         try:
             return max(1, max(client.nthreads().values(), default=1))
@@ -86,8 +87,14 @@ def dask_workers() -> int:
     return max(1, int(CPU_COUNT))
 
 
-def _client(scheduler):
-    if hasattr(scheduler, "submit"):
+def distributed_client(scheduler: Any = None):
+    """The dask.distributed client computations go to under ``scheduler`` (default: the
+    current dask configuration), or None."""
+    if scheduler is None:
+        import dask
+
+        scheduler = dask.config.get("scheduler", None)
+    if hasattr(scheduler, "submit"):  # a Client given as the scheduler
         return scheduler
     if scheduler not in (None, "dask.distributed"):
         return None

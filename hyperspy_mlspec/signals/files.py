@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from hyperspy_mlspec.arrays.chunks import distributed_client
 from hyperspy_mlspec.signals.table import is_lazy
 
 _GLOB_CHARS = set("*?[")
@@ -200,23 +201,6 @@ def load(path, lazy: bool = False, **kwargs: Any):
     return loaded
 
 
-def _distributed_client():
-    """The dask.distributed client computations currently go to, or None."""
-    import dask
-
-    scheduler = dask.config.get("scheduler", None)
-    if hasattr(scheduler, "submit"):  # a Client given as the scheduler
-        return scheduler
-    if scheduler not in (None, "dask.distributed"):
-        return None
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
-
-
 def save(signal, path, **kwargs: Any) -> None:
     """``signal.save(path, **kwargs)`` that also works for lazy results computed on a
     ``dask.distributed`` cluster.
@@ -226,7 +210,7 @@ def save(signal, path, **kwargs: Any) -> None:
     computed on the cluster and written here, one block at a time (memory stays bounded by
     the block size). Otherwise this is plain ``signal.save``.
     """
-    client = _distributed_client() if is_lazy(signal) else None
+    client = distributed_client() if is_lazy(signal) else None
     if client is None:
         signal.save(path, **kwargs)
         return
