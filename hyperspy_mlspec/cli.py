@@ -643,10 +643,13 @@ def _add_mae_parsers(sub) -> None:
                      help="model file to write")
     pre.add_argument("--epochs", type=_int_or_auto, default="auto", metavar="N|auto",
                      help="maximum passes over all spectra (default: auto)")
-    pre.add_argument("--channels", type=_positive_int, default=2048, metavar="N",
-                     help="bins every spectrum is resampled onto (default: 2048)")
-    pre.add_argument("--patch-size", type=_positive_int, default=32, metavar="N",
-                     help="bins per patch; must divide --channels (default: 32)")
+    pre.add_argument("--channels", type=_int_or_auto, default="auto", metavar="N|auto",
+                     help="bins every spectrum is resampled onto (default: auto, the "
+                          "largest channel count of the files, at most 4096, rounded to "
+                          "whole patches)")
+    pre.add_argument("--patch-size", type=_int_or_auto, default="auto", metavar="N|auto",
+                     help="bins per patch; must divide --channels (default: auto, about "
+                          "32 patches)")
     pre.add_argument("--batch-size", type=_int_or_auto, default="auto", metavar="N|auto",
                      help="spectra per minibatch (default: auto)")
     pre.add_argument("--pooling", choices=("segments", "mean"), default="segments",

@@ -16,7 +16,7 @@ from conftest import quick_anomalies
 import hyperspy_mlspec
 from hyperspy_mlspec.gui import AnomalyExplorer, LatentExplorer, MLSpecPanel
 from hyperspy_mlspec.gui.explorers import outline_segments
-from hyperspy_mlspec.gui.panel import loss_svg, mae_channels
+from hyperspy_mlspec.gui.panel import loss_svg
 
 KW = {"toolkit": "ipywidgets", "display": False}
 
@@ -369,8 +369,7 @@ def test_latent_explorer_selects_both_ways():
     np.testing.assert_allclose(ex._markers["cursor"].items["offsets"], xy.data[3, 7][None])
 
 
-def test_loss_svg_and_mae_channels():
+def test_loss_svg():
     svg = loss_svg([(1, 0, 3.0, 3.5), (1, 1, 2.0, 2.5), (2, 0, 1.0, None)])
     assert svg.count("<polyline") == 2 and svg.count("<line") == 1  # a second run starts
     assert "3 epoch(s)" in svg
-    assert [mae_channels(n) for n in (8, 96, 1400, 9000)] == [64, 128, 1024, 2048]

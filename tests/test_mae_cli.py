@@ -27,7 +27,7 @@ def _fast(monkeypatch):
     """Tiny network for the CLI tests (the CLI uses the default architecture)."""
     original = MaskedAutoencoder.__init__
 
-    def init(self, n_channels=2048, patch_size=32, **kw):
+    def init(self, n_channels="auto", patch_size="auto", **kw):
         kw.update(embed_dim=16, depth=1, heads=2, decoder_dim=16, decoder_depth=1,
                   decoder_heads=2, show_progressbar=False)
         original(self, n_channels, patch_size, **kw)
@@ -53,6 +53,17 @@ def test_pretrain_on_a_glob_then_embed(folder, tmp_path, monkeypatch, capsys):
     assert emb.axes_manager.signal_axes[0].name == "embedding"
     np.testing.assert_allclose(emb.data, mae.embed(hs.load(folder / "a.hspy")).data, atol=1e-5)
     assert hs.load(tmp_path / "emb" / "c_embedding.hspy").data.shape == (4 * 16,)
+
+
+def test_pretrain_grid_from_the_data_by_default(folder, tmp_path, monkeypatch):
+    _fast(monkeypatch)
+    model = tmp_path / "auto.mlspec"
+    assert main(["pretrain", str(folder / "*.hspy"), "--out", str(model), "--epochs", "1",
+                 "--seed", "0"]) == 0
+    mae = load_model(model)
+    # the largest file has 96 channels: 96 bins in 32 patches of 3, no upsampling to 2048
+    assert (mae.n_channels_, mae.patch_size_) == (96, 3)
+    assert [p["resampled"] for p in mae.pool_] == [True, False, True]
 
 
 def test_pretrain_checkpoint_and_resume(folder, tmp_path, monkeypatch, capsys):

@@ -415,9 +415,8 @@ class MLSpecPanel(t.HasTraits):
                 if path:
                     mae = load_model(path)
                 else:
-                    n_ch = mae_channels(s.axes_manager.signal_axes[0].size)
-                    mae = MaskedAutoencoder(n_channels=n_ch, patch_size=16,
-                                            epochs=kw.get("epochs", "auto"),
+                    # the grid comes from the data (n_channels/patch_size "auto")
+                    mae = MaskedAutoencoder(epochs=kw.get("epochs", "auto"),
                                             random_state=self.random_state,
                                             show_progressbar=False).fit(s)
                 emb = s.mlspec.embed(mae)
@@ -522,14 +521,6 @@ def _computed(signal):
         signal = signal.deepcopy()
         signal.compute(show_progressbar=False)
     return signal
-
-
-def mae_channels(n: int) -> int:
-    """Channels of a masked autoencoder pretrained on a signal of ``n`` channels: the power
-    of two nearest ``n`` (16-channel patches, 64 to 2048 channels)."""
-    if n < 1:
-        raise ValueError("the signal has no channels")
-    return int(min(2048, max(64, 2 ** round(math.log2(n)))))
 
 
 def show_result(signal, method: str, result) -> list:
