@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import hyperspy_mlspec
 from hyperspy_mlspec import DenoisingAutoencoder, load_model
@@ -83,6 +84,12 @@ def test_supervised_on_clean_spectra(eels):
         out = s2.mlspec.denoise(sup)
         assert poisson_error(out.data, t2.clean) < 0.03  # measured: 0.012-0.016
         assert out.metadata.MLSpec.operation_0.fitted_on_this_signal is False
+    # clean targets: wide layers (nothing to memorise), the self-supervised model stays narrow
+    widths = [m.out_features for m in sup.module_.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths[:2] == [128, 64]
+    narrow = DenoisingAutoencoder(noise="mask", epochs=1, **FAST).fit(clean)
+    assert [m.out_features for m in narrow.module_.modules()
+            if isinstance(m, torch.nn.Linear)][:2] == [32, 16]
 
 
 def test_supervised_gaussian_read_noise_accepts_negative_input(eels):

@@ -127,7 +127,8 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
         Width of the bottleneck, or ``"auto"`` (8).
     hidden_layer_sizes
         Widths ``(h1, h2)`` of the dense layers; None chooses them from the number of
-        channels (narrow on purpose, see
+        channels (narrow on purpose for the self-supervised noise models, wide for
+        ``noise="supervised"``, see
         :func:`~hyperspy_mlspec.models.denoiser.default_hidden_sizes`).
     n_filters
         Filters of the first convolution level (``architecture="conv"``).
@@ -343,7 +344,8 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
         if not (isinstance(k, numbers.Integral) and 1 <= k <= n_features):
             raise ValueError(f"n_latent must be 'auto' or an integer between 1 and the number "
                              f"of channels ({n_features}), got {self.n_latent!r}")
-        hidden = self.hidden_layer_sizes or default_hidden_sizes(n_features)
+        hidden = self.hidden_layer_sizes or default_hidden_sizes(
+            n_features, supervised=self.noise == "supervised")
         return {"n_latent": int(k), "hidden": [int(h) for h in hidden],
                 "n_filters": int(self.n_filters)}
 

@@ -25,19 +25,29 @@ def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     return y + torch.log(-torch.expm1(-y))
 
 
-def default_hidden_sizes(n_features: int) -> tuple[int, int]:
-    """Hidden widths of :class:`DenseDenoiser`: deliberately narrow (``n_features / 16``
-    clipped to 32-128, then half of it).
+def default_hidden_sizes(n_features: int, supervised: bool = False) -> tuple[int, int]:
+    """Hidden widths of :class:`DenseDenoiser`: narrow for self-supervised training
+    (``n_features / 16`` clipped to 32-128, then half of it), wide for supervised training
+    on clean spectra (``n_features / 2`` clipped to 128-512, then half of it).
 
     A denoiser trained on the noisy map itself can memorise the noise of its training
     spectra; the width of the last hidden layer bounds what it can reproduce per spectrum,
-    and narrow layers keep it close to the low-dimensional signal manifold.
+    and narrow layers keep it close to the low-dimensional signal manifold. Trained on a
+    clean simulation library there is no noise to memorise, and the narrow layers are what
+    loses the weak fine structure (on ``eels_map``, 1024 channels, a library-trained
+    (64, 32) network gave a Fe3+ fraction error of 0.36 on noise-free input, (512, 256)
+    0.19).
 
     Examples
     --------
-    >>> default_hidden_sizes(1024)
-    (64, 32)
+    >>> default_hidden_sizes(1024), default_hidden_sizes(1024, supervised=True)
+    ((64, 32), (512, 256))
+    >>> default_hidden_sizes(162, supervised=True)
+    (128, 64)
     """
+    if supervised:
+        h1 = int(min(512, max(128, n_features // 2)))
+        return h1, h1 // 2
     h1 = int(min(128, max(32, n_features // 16)))
     return h1, max(16, h1 // 2)
 
