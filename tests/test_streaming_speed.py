@@ -14,7 +14,7 @@ import hyperspy_mlspec
 from hyperspy_mlspec import StreamingMonitor
 from hyperspy_mlspec.engine.parallel import inference_workers, map_batches
 from hyperspy_mlspec.streaming.inference import blas_controller, threads
-from hyperspy_mlspec.streaming.pca import _LANCZOS_MIN_CHANNELS
+from hyperspy_mlspec.streaming.pca import _LANCZOS_MIN_CHANNELS, syrk_update
 from tests.conftest import FAST
 
 
@@ -170,3 +170,39 @@ def test_map_batches_errors_and_threads():
     t.start()
     t.join()
     assert seen == [1]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_syrk_update_adds_the_upper_triangle_in_place(dtype):
+    rng = np.random.default_rng(3)
+    y = rng.random((70, 40)).astype(dtype)
+    S0 = np.asfortranarray(rng.random((40, 40)).astype(dtype))
+    expected = np.triu(S0.astype(np.float64) + y.T.astype(np.float64) @ y) + np.tril(S0, -1)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    S = S0.copy(order="F")
+    assert syrk_update(S, y) is S  # the ctypes path writes into S
+    np.testing.assert_allclose(S, expected, rtol=tol)
+    # a layout BLAS cannot take as it is (strided rows) goes through scipy's wrapper
+    S = S0.copy(order="F")
+    np.testing.assert_allclose(syrk_update(S, np.repeat(y, 2, axis=1)[:, ::2]), expected,
+                               rtol=tol)
+
+
+def test_the_monitor_holds_the_blas_limit_until_close_and_restores_threads():
+    before, torch_before = _blas_threads(), torch.get_num_threads()
+    c = _LANCZOS_MIN_CHANNELS + 16
+    X = _counts(200, c, seed=4)
+    mon = StreamingMonitor(navigation_shape=(8, 25), n_channels=c, n_components=2,
+                           pca_chunk=64)
+    assert mon._add_executor is not None
+    mon.push_row(0, X[:25])
+    # between calls the limit stays: toggled at every call it woke OpenBLAS's idle threads
+    assert set(_blas_threads()) == {1}
+    for r in range(1, 8):
+        mon.push_row(r, X[25 * r:25 * (r + 1)])
+    mon.close()
+    assert _blas_threads() == before
+    # restoring the BLAS limit must not touch torch's (OpenMP) setting of this thread
+    assert torch.get_num_threads() == torch_before
+    mon.close()  # twice: nothing given back twice
+    assert _blas_threads() == before

@@ -157,11 +157,15 @@ class _Plateau:
 
 @contextlib.contextmanager
 def torch_threads(n: int | None):
-    """Use ``n`` torch intra-op threads inside the block (None: unchanged), then restore."""
-    old = torch.get_num_threads()
-    if n is None or int(n) == old:
+    """Use ``n`` torch intra-op threads inside the block (None: unchanged), then restore.
+
+    Set even when torch reports ``n`` already: its OpenMP setting is per thread but its
+    MKL one process-wide, and after a change from another thread they can differ (the
+    stream's thread then ran MKL on 2 threads while reporting 1)."""
+    if n is None:
         yield
         return
+    old = torch.get_num_threads()
     torch.set_num_threads(int(n))
     try:
         yield

@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -65,7 +66,13 @@ from hyperspy_mlspec.scoring.scores import SCORE_VALUES as _SCORE_VALUES
 from hyperspy_mlspec.scoring.scores import blocked_row_scores as _blocked_row_scores
 from hyperspy_mlspec.scoring.scores import reconstruct as _reconstruct
 from hyperspy_mlspec.streaming.finetune import TuningBuffer, fine_tuned
-from hyperspy_mlspec.streaming.inference import forward_flops, infer, threads, torch_threads
+from hyperspy_mlspec.streaming.inference import (
+    BLAS_LIMIT,
+    forward_flops,
+    infer,
+    threads,
+    torch_threads,
+)
 from hyperspy_mlspec.streaming.pca import StreamingPCA
 
 __all__ = ["StreamingMonitor"]
@@ -133,7 +140,10 @@ class StreamingMonitor:
         thread each: OpenBLAS's threaded rank-k update is slower than one thread at these
         sizes); without it, small forward passes (one scan row) run on one torch thread
         and larger ones on torch's setting. On a machine shared with other jobs, threads
-        that wait for descheduled ones spin: see ``benchmarks/RESULTS.md``.
+        that wait for descheduled ones spin: see ``benchmarks/RESULTS.md``. With the
+        covariance worker, the process's BLAS libraries keep that limit (one thread by
+        default) from the first spectra to :meth:`close`: set and restored at every call,
+        it woke OpenBLAS's idle threads, which spun beside the model and the worker.
     fine_tune
         Continue training (a copy of) the model on recent spectra, see the module
         description. Needs a model with ``partial_fit``.
@@ -291,6 +301,7 @@ class StreamingMonitor:
                               if self._pca is not None and self.background else None)
         self._adds: deque[tuple[Future, int]] = deque()
         self._adds_rows = 0
+        self._blas_release = None  # see _add_rows
         self._tune_executor = (ThreadPoolExecutor(max_workers=1,
                                                   thread_name_prefix="mlspec-tune")
                                if self.fine_tune else None)
@@ -504,6 +515,8 @@ class StreamingMonitor:
                        self._score_pool):
                 if ex is not None:
                     ex.shutdown(wait=True)
+            if self._blas_release is not None:
+                self._blas_release()  # once: the limit of _add_rows is given back
 
     def __enter__(self) -> StreamingMonitor:
         return self
@@ -759,6 +772,13 @@ class StreamingMonitor:
         if self._add_executor is None:
             self._pca.add(x, copy=not owned)
             return
+        if self._blas_release is None:
+            # the process's BLAS limit is held from the first covariance job to close():
+            # set and restored at every update() and job, it woke OpenBLAS's idle pool
+            # threads, which then spun beside the model and the worker on the two cores
+            # (measured: 8-10k instead of 14-15k spectra/s in 2 of 5 runs)
+            BLAS_LIMIT.enter(self._pca_blas_threads())
+            self._blas_release = weakref.finalize(self, BLAS_LIMIT.exit)
         self._check_adds()
         fut = self._add_executor.submit(self._add_job, x if owned else x.copy())
         self._adds.append((fut, len(x)))

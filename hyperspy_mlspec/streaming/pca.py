@@ -27,12 +27,78 @@ explains).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 _LANCZOS_MIN_CHANNELS = 384  # below, a full eigh is as cheap
+_COL_MAJOR, _UPPER, _NO_TRANS = 102, 121, 111  # CBLAS enumerations
+
+
+@functools.cache
+def _cblas_syrk(kind: str):
+    """``cblas_ssyrk`` (``kind`` "f") or ``cblas_dsyrk`` ("d") of a loaded LP64 BLAS, bound
+    with ctypes, or None.
+
+    Why not ``scipy.linalg.blas.ssyrk``: its f2py wrapper holds the GIL for the whole call
+    (measured: a Python thread beside it runs at a third of its free rate), so the
+    covariance worker stalled the model's forward pass in the caller's thread, which needs
+    the GIL between torch operations. A ctypes call releases the GIL.
+    """
+    try:
+        from threadpoolctl import threadpool_info
+
+        paths = [i["filepath"] for i in threadpool_info() if i.get("user_api") == "blas"]
+    except Exception:  # noqa: BLE001 - no introspection: use scipy's wrapper
+        return None
+    letter = "s" if kind == "f" else "d"
+    real = ctypes.c_float if kind == "f" else ctypes.c_double
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        # unsuffixed names are the 32-bit-integer (LP64) interface; ILP64 builds add "64_"
+        for name in (f"scipy_cblas_{letter}syrk", f"cblas_{letter}syrk"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                c_int = ctypes.c_int
+                fn.argtypes = [c_int, c_int, c_int, c_int, c_int, real, ctypes.c_void_p,
+                               c_int, real, ctypes.c_void_p, c_int]
+                fn.restype = None
+                return fn
+    return None
+
+
+def syrk_update(S: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``S += y.T @ y`` on the upper triangle, in place, with BLAS ``syrk`` (half the
+    FLOPs of a matmul) and the GIL released; returns ``S``.
+
+    ``S`` is a Fortran-ordered ``(C, C)`` array, ``y`` C-ordered ``(n, C)`` rows of the
+    same dtype (float32 or float64); its transpose is the column-major matrix BLAS takes
+    as it is. The strict lower triangle of ``S`` is left untouched.
+
+    Examples
+    --------
+    >>> y = np.arange(6.0).reshape(3, 2)
+    >>> syrk_update(np.zeros((2, 2), order="F"), y)
+    array([[20., 26.],
+           [ 0., 35.]])
+    """
+    fn = _cblas_syrk(S.dtype.char)
+    n, c = y.shape
+    if (fn is not None and S.flags.f_contiguous and y.flags.c_contiguous
+            and S.dtype == y.dtype and S.shape == (c, c) and n):
+        fn(_COL_MAJOR, _UPPER, _NO_TRANS, c, n, 1.0, y.ctypes.data, c, 1.0,
+           S.ctypes.data, c)
+        return S
+    from scipy.linalg.blas import dsyrk, ssyrk
+
+    syrk = ssyrk if S.dtype == np.float32 else dsyrk
+    return syrk(1.0, y.T, beta=1.0, c=S, trans=0, overwrite_c=1)
 
 
 @dataclass(frozen=True)
@@ -117,23 +183,17 @@ class Accumulator:
 
     def add(self, x: np.ndarray, row_weight: np.ndarray | None = None) -> None:
         """Add raw float32 rows ``x``, each multiplied by ``row_weight`` (None: 1)."""
-        from scipy.linalg.blas import dsyrk, ssyrk
-
         if self.dtype == np.float32:
             # weighted and shifted in float32, in one temporary (the shift is a float32
             # value, see StreamingPCA.flush): the rank-k update reads it without a copy
             yk = x * row_weight[:, None] if row_weight is not None else x.copy()
             yk -= self.shift.astype(np.float32)
-            syrk = ssyrk
         else:
             yk = x.astype(np.float64)
             if row_weight is not None:
                 yk *= row_weight[:, None]
             yk -= self.shift
-            syrk = dsyrk
-        # S += yk.T @ yk, upper triangle, in place: half the FLOPs of a matmul; yk.T of the
-        # C-ordered rows is the Fortran-ordered (C, n) matrix BLAS takes as it is
-        self.S = syrk(1.0, yk.T, beta=1.0, c=self.S, trans=0, overwrite_c=1)
+        self.S = syrk_update(self.S, np.ascontiguousarray(yk, dtype=self.dtype))
         self.s += yk.sum(axis=0, dtype=np.float64)
         self.n += x.shape[0]
         self.raw_sum += x.sum(axis=0, dtype=np.float64)
