@@ -69,8 +69,18 @@ def _cblas_syrk(kind: str):
                 fn.argtypes = [c_int, c_int, c_int, c_int, c_int, real, ctypes.c_void_p,
                                c_int, real, ctypes.c_void_p, c_int]
                 fn.restype = None
-                return fn
+                if _syrk_works(fn, np.float32 if kind == "f" else np.float64):
+                    return fn
     return None
+
+
+def _syrk_works(fn, dtype) -> bool:
+    """Check a binding once on a small product (a library with another integer width or
+    calling convention under the same name is then not used)."""
+    y = np.arange(1.0, 13.0, dtype=dtype).reshape(4, 3)
+    S = np.zeros((3, 3), dtype=dtype, order="F")
+    fn(_COL_MAJOR, _UPPER, _NO_TRANS, 3, 4, 1.0, y.ctypes.data, 3, 0.0, S.ctypes.data, 3)
+    return bool(np.allclose(np.triu(S), np.triu(y.T @ y)))
 
 
 def syrk_update(S: np.ndarray, y: np.ndarray) -> np.ndarray:
