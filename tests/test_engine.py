@@ -403,3 +403,31 @@ def test_fused_exp_link_deviance_equals_the_separate_nodes(extreme):
     torch.testing.assert_close(g_h, h.grad, rtol=1e-5, atol=1e-8)
     if extreme:
         assert float(g_h[0, :3].abs().max()) == 0.0 and float(g_lin[1, :2].abs().max()) == 0
+
+
+@pytest.mark.parametrize("linear_path", [False, True])
+def test_folded_first_layer_equals_the_plain_encoder_with_gradients(linear_path):
+    # encode_counts folds the normalisation into the first layer and stacks the skip path's
+    # product with it, in training too: values and gradients equal the plain computation
+    from hyperspy_mlspec.models import SpectralAutoencoder
+
+    torch.manual_seed(0)
+    model = SpectralAutoencoder(40, 3, nonnegative=not linear_path, linear_path=linear_path)
+    model.input_shift.uniform_(-0.5, 0.5)
+    model.input_scale.uniform_(0.5, 2.0)
+    x = torch.poisson(torch.full((16, 40), 6.0))
+    row = x.mean(dim=1, keepdim=True).clamp_min(1.0)
+    chan = torch.rand(40) + 0.5
+    mu, _ = model.encode_counts(x, row, chan)
+    mu.square().sum().backward()
+    fused = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    ref, _ = model.encode(x / (row * chan))  # the unfolded path
+    ref.square().sum().backward()
+    plain = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    torch.testing.assert_close(mu, ref, rtol=1e-4, atol=1e-5)
+    assert len(fused) == len(plain) > 0
+    for a, b in zip(fused, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    if linear_path:
+        assert float(model.skip.weight.grad.abs().sum()) > 0  # the stacked path learns
