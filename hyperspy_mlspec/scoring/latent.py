@@ -16,6 +16,7 @@ __all__ = [
     "grid_pool",
     "phase_codes",
     "phase_labels",
+    "plural_scattering_directions",
     "potts_smooth",
     "tied_gaussian_loglik",
 ]
@@ -364,7 +365,8 @@ def drift(rows, nav_shape: tuple[int, ...], valid: np.ndarray, *,
 
 def phase_codes(rows, nav_shape: tuple[int, ...], valid: np.ndarray, n_components: int, *,
                 shift: np.ndarray | None = None, radius: int | None = None,
-                gain: float | None = None) -> dict:
+                gain: float | None = None,
+                energy_loss: tuple[float, float] | None = None) -> dict:
     """Chemistry codes of every pixel for a phase map: drift, intensity and noise taken
     out, neighbours pooled, and the thickness covariate that :func:`phase_labels` removes.
 
@@ -397,13 +399,20 @@ def phase_codes(rows, nav_shape: tuple[int, ...], valid: np.ndarray, n_component
     gain
         Data units per count (:func:`count_gain`); None: the data are not counts (no
         Wiener weights, radius 1 unless given).
+    energy_loss
+        ``(offset, scale)`` in eV of a core-loss EELS signal axis: the thickness response
+        of every pixel's codes is then computed from plural-scattering physics
+        (:func:`plural_scattering_directions`) and returned as ``directions``; None: no
+        physical model (the thickness covariate's slopes are fitted freely).
 
     Returns
     -------
     dict
         ``codes`` (``(n_pixels, n_components)``, NaN where invalid), ``nuisance``
         (``(n_pixels, 2)``: standardised pooled log total and its square, the thickness
-        covariate), ``radius``, ``components`` and ``weights`` (per channel).
+        covariate), ``directions`` (``(n_pixels, 1, n_components)``: the code change per
+        unit of the standardised log total predicted by plural scattering, or None),
+        ``radius``, ``components`` and ``weights`` (per channel).
 
     Examples
     --------
@@ -495,44 +504,244 @@ def phase_codes(rows, nav_shape: tuple[int, ...], valid: np.ndarray, n_component
     sd = lt[valid].std()
     lt = (lt - lt[valid].mean()) / (sd if sd > 0 else 1.0)
     codes[~valid] = np.nan
-    return {"codes": codes, "nuisance": np.column_stack([lt, lt**2]), "radius": int(radius),
-            "components": comps, "weights": weights}
+    directions = None
+    if energy_loss is not None:
+        # the thickness response is smooth in space: its spectra are pooled twice as wide
+        wide = grid_pool(normed, nav_shape, 2 * int(radius), valid)
+        wide = da.nan_to_num(wide) if lazy else np.nan_to_num(wide)
+        directions = plural_scattering_directions(wide * scale_ch, energy_loss[0],
+                                                  energy_loss[1], comps / scale_ch)
+        directions = lt[:, None, None] * np.asarray(directions)[:, None, :]
+        directions[~valid] = 0.0
+    return {"codes": codes, "nuisance": np.column_stack([lt, lt**2]),
+            "directions": directions, "radius": int(radius), "components": comps,
+            "weights": weights}
 
 
-def _ancova(z, basis, lab, k, n_iter=30):
-    """Hard-EM of the mixture ``z = mean_k + basis @ B + noise`` (shared slopes ``B``, tied
-    covariance); returns ``(labels, loglik, residual log-determinant)``."""
-    eye = np.eye(k)
-    ll = None
+#: Plasmon peak of the plural-scattering model (eV): typical of solids (15-30 eV); the
+#: phase labels barely depend on it (the direction it gives is broad).
+PLASMON_ENERGY_EV = 22.0
+PLASMON_WIDTH_EV = 5.0
+
+
+def _drude(n: int, scale: float, energy: float, width: float) -> np.ndarray:
+    e = np.arange(n) * scale
+    d = e * energy**2 * width / ((e**2 - energy**2) ** 2 + (e * width) ** 2)
+    d[e > 150.0] = 0.0
+    return d / d.sum()
+
+
+def plural_scattering_directions(spectra, offset: float, scale: float,
+                                 components: np.ndarray, *,
+                                 plasmon_energy: float = PLASMON_ENERGY_EV,
+                                 plasmon_width: float = PLASMON_WIDTH_EV) -> np.ndarray:
+    """How each spectrum's shape (and so its codes) changes with thickness, from
+    plural-scattering physics rather than from the map's statistics.
+
+    A core-loss spectrum at thickness ``t`` (in mean free paths) is its single-scattering
+    distribution convolved with the Poisson series of plasmon losses,
+    ``S * exp(t (P1 - delta))``, so ``dS/dt = S * P1 - S``: intensity moves up in energy by
+    one plasmon. For the spectrum divided by its total the direction is
+    ``q - s sum(q)`` with ``q = s * P1``. The intensity that plural scattering brings in
+    from below the window is included by extending every spectrum downwards with a power
+    law fitted to its first channels (the pre-edge background). ``P1`` is a Drude peak at
+    ``plasmon_energy``.
+
+    Because the direction comes from each pixel's own spectrum, it cannot absorb a
+    difference in chemistry (an edge shift) that happens to follow the thickness in a
+    map, as freely fitted thickness slopes do.
+
+    Parameters
+    ----------
+    spectra
+        ``(n, n_channels)`` spectra divided by their totals (numpy or dask), pooled.
+    offset, scale
+        Energy of the first channel and channel width (eV); the energies must be positive.
+    components
+        ``(n_components, n_channels)`` projection onto the codes.
+    plasmon_energy, plasmon_width
+        Drude plasmon peak (eV).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, n_components)`` code-space direction of each spectrum per unit ``t``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> e = 400.0 + np.arange(128)
+    >>> s = (e / 400.0) ** -3 * (1 + (e > 450))
+    >>> s = (s / s.sum())[None]
+    >>> d = plural_scattering_directions(s, 400.0, 1.0, np.eye(128))
+    >>> # shape only (sums to 0); the edge onset loses intensity to one plasmon above it
+    >>> bool(abs(d.sum()) < 1e-9), bool(d[0, 60] < 0), bool(d[0, 100] > 0)
+    (True, True, True)
+    """
+    n_ch = int(spectra.shape[1])
+    n_ext = int(np.ceil(150.0 / scale)) + 1
+    n_fit = int(np.clip(n_ch // 25, 8, 64))
+    energy = offset + scale * np.arange(n_fit)
+    below = offset - scale * np.arange(n_ext, 0, -1)
+    if offset <= 0 or not np.all(energy > 0):
+        raise ValueError("plural_scattering_directions needs a core-loss energy axis "
+                         f"(positive energies), got offset {offset} eV")
+    log_e = np.log(energy)
+    log_below = np.log(np.maximum(below, 0.5 * offset))
+    from scipy import fft as sp_fft
+
+    n_fft = sp_fft.next_fast_len(n_ch + 2 * n_ext, real=True)
+    kernel = sp_fft.rfft(_drude(n_ext, scale, plasmon_energy, plasmon_width), n_fft)
+    comps = np.asarray(components, dtype=np.float64)
+
+    def block(s):
+        s = np.asarray(s, dtype=np.float64)
+        floor = 1e-9 * max(float(s.max(initial=0.0)), 1e-300)
+        lp = np.log(np.maximum(s[:, :n_fit], floor))
+        # power law through the first channels (exponent clipped to a background's range)
+        slope = ((lp - lp.mean(1, keepdims=True)) @ (log_e - log_e.mean())
+                 / ((log_e - log_e.mean()) ** 2).sum())
+        slope = np.clip(slope, -10.0, 0.0)
+        level = lp.mean(1) - slope * log_e.mean()
+        ext = np.exp(level[:, None] + slope[:, None] * log_below[None])
+        full = np.concatenate([ext, s], axis=1)
+        q = sp_fft.irfft(sp_fft.rfft(full, n_fft, axis=1) * kernel, n_fft,
+                         axis=1)[:, n_ext:n_ext + n_ch]
+        return (q - s * q.sum(1, keepdims=True)) @ comps.T
+
+    if hasattr(spectra, "dask"):
+        import dask.array as da
+
+        spectra = spectra.rechunk({1: -1})
+        return np.asarray(da.map_blocks(block, spectra, dtype=np.float64,
+                                        chunks=(spectra.chunks[0], (comps.shape[0],)))
+                          .compute())
+    return block(spectra)
+
+
+def _mixing_likelihood(r, means, inv, prior, mixing, rho, n_grid=8):
+    """Log-likelihood of each pixel under each class when a pixel of class ``c`` may be a
+    mixture ``(1 - a) mu_c + a mu_j`` with one other class ``j``, ``a`` uniform on
+    ``(0, mixing]``, with prior probability ``rho`` (the pooled window of a pixel at a
+    boundary, or a continuous front between two phases, is a mixture of its neighbours'
+    spectra): the fraction is integrated out on a grid. Returns ``(loglik, composition,
+    mixed)``: ``(n, k)`` log-likelihoods (with ``prior``), ``(n, k, k)`` expected
+    composition of each pixel under each class, and ``(n, k)`` posterior probability that
+    it is mixed."""
+    n, k = len(r), len(means)
+    ll = np.empty((n, k))
+    comp = np.zeros((n, k, k))
+    mixed = np.zeros((n, k))
+    grid = (np.arange(n_grid) + 0.5) / n_grid * mixing
+    use = mixing > 0 and k > 1 and rho > 0
+    log_pure = np.log1p(-rho) if use else 0.0
+    log_mix = np.log(rho / ((k - 1) * n_grid)) if use else -np.inf
+    for c in range(k):
+        d = r - means[c]
+        dw = d @ inv
+        pure = np.einsum("ni,ni->n", dw, d)
+        terms = [log_pure - 0.5 * pure[:, None]]
+        partners = []
+        if use:
+            for j in range(k):
+                if j == c:
+                    continue
+                step = means[j] - means[c]
+                along, length = dw @ step, float(step @ inv @ step)
+                m = pure[:, None] - 2 * grid * along[:, None] + grid**2 * length
+                terms.append(log_mix - 0.5 * m)
+                partners.append(j)
+        t = np.concatenate(terms, axis=1)
+        top = t.max(axis=1)
+        t -= top[:, None]
+        np.exp(t, out=t)
+        total = t.sum(axis=1)
+        lse = top + np.log(total)
+        ll[:, c] = lse + prior[c]
+        resp = t / total[:, None]
+        comp[:, c, c] = resp[:, 0]
+        for i, j in enumerate(partners):
+            rj = resp[:, 1 + i * n_grid: 1 + (i + 1) * n_grid]
+            comp[:, c, c] += rj @ (1.0 - grid)
+            comp[:, c, j] += rj @ grid
+        mixed[:, c] = 1.0 - resp[:, 0]
+    return ll, comp, mixed
+
+
+def _ancova(z, basis, lab, k, n_iter=30, directions=None, mixing=0.0):
+    """Hard EM of the mixture ``z = composition @ mu + basis @ B + directions . b + noise``
+    (shared slopes ``B`` of the covariates, shared scalars ``b`` of the per-pixel
+    directions, tied covariance; the composition is the pixel's class, or a mixture with
+    up to ``mixing`` of another class, see :func:`_mixing_likelihood`); returns
+    ``(labels, loglik, minus the log-likelihood, nuisance part of z)``."""
+    n, dim = z.shape
+    rows = np.arange(n)
+    mix = np.eye(k)[lab]
+    rho = 0.5 if mixing > 0 else 0.0
+    inv = np.eye(dim)
+    b = np.zeros(0 if directions is None else directions.shape[1])
+    ll = score = None
     for _ in range(n_iter):
-        a = np.column_stack([eye[lab], basis])
-        coef, *_ = np.linalg.lstsq(a, z, rcond=None)
-        r = z - basis @ coef[k:]
-        ll = _tied_loglik(r, coef[:k], r - coef[:k][lab], lab, k)
+        if directions is None:
+            a = np.column_stack([mix, basis])
+            coef, *_ = np.linalg.lstsq(a, z, rcond=None)
+            means, nuisance = coef[:k], basis @ coef[k:]
+        else:  # alternate means and the direction scalars (Mahalanobis-weighted)
+            for _ in range(2):
+                means = np.linalg.lstsq(mix, z - directions.transpose(0, 2, 1) @ b,
+                                        rcond=None)[0]
+                rest = z - mix @ means
+                vw = directions @ inv
+                b = np.linalg.solve(np.einsum("nmi,nli->ml", vw, directions)
+                                    + 1e-12 * np.eye(len(b)),
+                                    np.einsum("nmi,ni->m", vw, rest))
+                nuisance = directions.transpose(0, 2, 1) @ b
+                res = z - nuisance - mix @ means
+                cov = res.T @ res / n
+                inv = np.linalg.inv(cov + (1e-12 * np.trace(cov) / dim + 1e-300)
+                                    * np.eye(dim))
+        r = z - nuisance
+        res = r - mix @ means
+        cov = res.T @ res / n
+        logdet = float(np.linalg.slogdet(cov + 1e-300 * np.eye(dim))[1])
+        inv = np.linalg.inv(cov + (1e-9 * np.trace(cov) / dim + 1e-300) * np.eye(dim))
+        prior = np.log(np.bincount(lab, minlength=k) + 1.0) - np.log(n + k)
+        ll, comp, mixed = _mixing_likelihood(r, means, inv, prior, mixing, rho)
+        score = float(ll[rows, lab].sum()) - 0.5 * n * logdet
         new = ll.argmax(axis=1)
-        if np.array_equal(new, lab) or np.bincount(new, minlength=k).min() == 0:
+        if np.bincount(new, minlength=k).min() == 0:
             break
-        lab = new
-    a = np.column_stack([eye[lab], basis])
-    coef, *_ = np.linalg.lstsq(a, z, rcond=None)
-    res = z - a @ coef
-    logdet = float(np.linalg.slogdet(res.T @ res / len(z) + 1e-300 * np.eye(z.shape[1]))[1])
-    return lab, ll, logdet
+        if rho > 0:
+            rho = float(np.clip(mixed[rows, new].mean(), 0.01, 0.99))
+        done = np.array_equal(new, lab)
+        lab, mix = new, comp[rows, new]
+        if done:
+            break
+    return lab, ll, -score, nuisance
 
 
 def phase_labels(codes: np.ndarray, nuisance: np.ndarray | None, nav_shape: tuple[int, ...],
                  valid: np.ndarray, n_clusters: int, random_state: int | None = 0,
-                 potts: bool = True, n_starts: int = 2) -> dict:
+                 potts: bool = True, n_starts: int = 2, *,
+                 directions: np.ndarray | None = None,
+                 boundary_mixing: float = 0.5) -> dict:
     """Phase labels from pooled codes: clusters with the thickness dependence removed,
-    then Potts smoothing.
+    mixtures at boundaries allowed, then Potts smoothing.
 
-    The codes are modelled as ``mean of the phase + B @ nuisance + noise`` with one shared
+    The codes are modelled as ``mean of the phase + thickness part + noise`` with one shared
     covariance (an analysis of covariance: a phase seen at several thicknesses is not
     split by thickness, and a thickness gradient that follows a phase is not taken for
-    chemistry), fitted by hard EM. The EM is started from k-means on the codes and on the
-    codes with a global nuisance regression (raw and standardised, ``n_starts`` seeds each);
-    the start whose fit leaves the smallest residual covariance (largest likelihood) wins.
-    Labels are then smoothed with :func:`potts_smooth` (coupling from the data).
+    chemistry), fitted by hard EM. The thickness part is ``b . directions`` when the
+    per-pixel thickness response is known from physics (``directions``, see
+    :func:`phase_codes`; one scalar fitted), else ``B @ nuisance`` with free slopes.
+    A pixel of phase ``c`` may hold a fraction up to ``boundary_mixing`` of one other
+    phase: pooled windows at grain boundaries and continuous reaction fronts are mixtures,
+    and without this they gather in a cluster of their own instead of being split between
+    the phases they mix (the label is the majority phase). The EM is started from k-means
+    on the codes and on the codes with a global nuisance regression (raw and standardised,
+    ``n_starts`` seeds each); the start whose fit leaves the smallest residual covariance
+    (largest likelihood) wins. Labels are then smoothed with :func:`potts_smooth`
+    (coupling from the data).
 
     Returns
     -------
@@ -559,27 +768,45 @@ def phase_labels(codes: np.ndarray, nuisance: np.ndarray | None, nav_shape: tupl
     if not (isinstance(n_clusters, (int, np.integer)) and 1 <= k <= len(z)):
         raise ValueError(f"n_clusters must be an integer between 1 and the number of pixels "
                          f"({len(z)}), got {n_clusters!r}")
-    basis = (np.zeros((len(z), 0)) if nuisance is None
-             else np.asarray(nuisance, dtype=np.float64)[valid])
-    a = np.column_stack([np.ones(len(z)), basis])
-    coef, *_ = np.linalg.lstsq(a, z, rcond=None)
-    resid = z - basis @ coef[1:]
+    if not 0.0 <= float(boundary_mixing) <= 0.5:
+        raise ValueError(f"boundary_mixing must be between 0 and 0.5 (the largest share of "
+                         f"another phase in a pixel's label), got {boundary_mixing!r}")
+    if directions is not None:
+        directions = np.asarray(directions, dtype=np.float64)[valid]
+        basis = np.zeros((len(z), 0))
+        flat = directions.transpose(0, 2, 1).reshape(-1, directions.shape[1])
+        zc = z - z.mean(axis=0)
+        b = np.linalg.lstsq(flat - flat.mean(axis=0), zc.reshape(-1), rcond=None)[0]
+        resid = z - directions.transpose(0, 2, 1) @ b
+    else:
+        basis = (np.zeros((len(z), 0)) if nuisance is None
+                 else np.asarray(nuisance, dtype=np.float64)[valid])
+        a = np.column_stack([np.ones(len(z)), basis])
+        coef, *_ = np.linalg.lstsq(a, z, rcond=None)
+        resid = z - basis @ coef[1:]
     starts = []
-    for feat in (z, resid) if basis.shape[1] else (z,):
+    for feat in (z, resid) if (basis.shape[1] or directions is not None) else (z,):
         sd = feat.std(axis=0)
         for f in (feat, feat / np.where(sd > 0, sd, 1.0)):
             for seed in range(int(n_starts)):
                 rs = None if random_state is None else int(random_state) + seed
                 starts.append(KMeans(k, n_init=1, random_state=rs).fit_predict(f))
+    seen, unique = set(), []
+    for start in starts:  # k-means from several seeds often agree: fit each partition once
+        _, first = np.unique(start, return_index=True)
+        order = np.argsort(np.argsort(first))  # labels in order of first appearance
+        key = order[start].tobytes()
+        if key not in seen:
+            seen.add(key)
+            unique.append(start)
     best = None
-    for start in starts:
-        lab, ll, logdet = _ancova(z, basis, start, k)
-        if best is None or logdet < best[2] - 1e-9:
-            best = (lab, ll, logdet)
-    lab, ll, _ = best
-    a = np.column_stack([np.eye(k)[lab], basis])
-    coef, *_ = np.linalg.lstsq(a, z, rcond=None)
-    feats = z - basis @ coef[k:]
+    for start in unique:
+        fit = _ancova(z, basis, start, k, directions=directions,
+                      mixing=float(boundary_mixing) if k > 1 else 0.0)
+        if best is None or fit[2] < best[2] - 1e-9:
+            best = fit
+    lab, ll, _, nuisance_part = best
+    feats = z - nuisance_part
     full = np.full(valid.size, -1, dtype=np.int64)
     full[valid] = lab
     loglik = np.zeros((valid.size, k))

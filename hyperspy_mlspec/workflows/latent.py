@@ -128,6 +128,18 @@ def _align_on(signal, align, n_channels: int) -> bool:
     return bool(align) and uniform and n_channels >= 16
 
 
+def _core_loss_axis(signal, gain) -> tuple[float, float] | None:
+    """``(offset, scale)`` in eV of a core-loss EELS signal of counts (uniform axis, all
+    energies positive), whose thickness response plural scattering predicts; else None."""
+    if gain is None or "EELS" not in str(signal.metadata.get_item("Signal.signal_type", "")):
+        return None
+    axis = signal.axes_manager.signal_axes[0]
+    if not getattr(axis, "is_uniform", True) or str(axis.units).strip() != "eV":
+        return None
+    offset, scale = float(axis.offset), float(axis.scale)
+    return (offset, scale) if offset > 0 and scale > 0 else None
+
+
 def _phase_route(signal, n_clusters, navigation_mask, n_components, align, radius,
                  spatial, random_state, show_progressbar):
     """The map's own phase codes (no training): ``(features, valid, labels, shift, beta,
@@ -158,10 +170,10 @@ def _phase_route(signal, n_clusters, navigation_mask, n_components, align, radiu
             shift, _ = drift(rows, nav_shape, valid)
             bar.update(1)
         out = phase_codes(rows, nav_shape, valid, n_components, shift=shift, radius=radius,
-                          gain=gain)
+                          gain=gain, energy_loss=_core_loss_axis(signal, gain))
         bar.update(1)
         lab = phase_labels(out["codes"], out["nuisance"], nav_shape, valid, n_clusters,
-                           random_state, potts=spatial)
+                           random_state, potts=spatial, directions=out["directions"])
         bar.update(1)
     finally:
         bar.close()
@@ -183,8 +195,14 @@ def cluster(signal, model=None, n_clusters: int = 4, method: str = "kmeans", *,
       total (intensity) and whitened for Poisson noise, pooled over a window holding about
       100 counts per channel, weighted per channel by their signal-to-noise ratio and
       reduced to ``n_components`` principal components. Clusters are fitted with the
-      thickness dependence of the codes (on the log total counts) removed jointly
-      (analysis of covariance), so a thickness gradient does not split a phase.
+      thickness dependence of the codes removed jointly (analysis of covariance), so a
+      thickness gradient does not split a phase. On a core-loss EELS map of counts (eV
+      axis) the direction in which thickness moves each pixel's codes is computed from
+      plural-scattering physics
+      (:func:`~hyperspy_mlspec.scoring.latent.plural_scattering_directions`) and only its
+      size is fitted; elsewhere free slopes on the log total counts. A pooled pixel may be
+      a mixture of up to half of another phase (boundaries, reaction fronts): it is
+      labelled with its majority phase instead of forming a boundary cluster of its own.
     * a fitted encoder ``model`` (or estimator parameters such as ``epochs=``, which fit
       an :class:`~hyperspy_mlspec.AutoencoderDecomposition`): its latent codes,
       normalised by ``normalize`` and clustered by ``method``.
