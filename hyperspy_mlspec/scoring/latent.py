@@ -588,11 +588,17 @@ def plural_scattering_directions(spectra, offset: float, scale: float,
                          f"(positive energies), got offset {offset} eV")
     log_e = np.log(energy)
     log_below = np.log(np.maximum(below, 0.5 * offset))
-    from scipy import fft as sp_fft
+    from scipy.signal import fftconvolve
 
-    n_fft = sp_fft.next_fast_len(n_ch + 2 * n_ext, real=True)
-    kernel = sp_fft.rfft(_drude(n_ext, scale, plasmon_energy, plasmon_width), n_fft)
     comps = np.asarray(components, dtype=np.float64)
+    # q = full * P1 (full: the spectrum extended downwards) is linear in ``full``, and only
+    # its projections are needed: q @ comps.T = full @ W and sum(q) = full @ u, with W and
+    # u the plasmon peak correlated with the components (a few rows instead of every
+    # spectrum through an FFT)
+    rows = np.vstack([comps, np.ones((1, n_ch))])
+    corr = fftconvolve(rows, _drude(n_ext, scale, plasmon_energy, plasmon_width)[None, ::-1],
+                       axes=1)
+    wu = np.concatenate([np.zeros((len(rows), 1)), corr], axis=1).T  # (n_ext + n_ch, m + 1)
 
     def block(s):
         s = np.asarray(s, dtype=np.float64)
@@ -604,10 +610,8 @@ def plural_scattering_directions(spectra, offset: float, scale: float,
         slope = np.clip(slope, -10.0, 0.0)
         level = lp.mean(1) - slope * log_e.mean()
         ext = np.exp(level[:, None] + slope[:, None] * log_below[None])
-        full = np.concatenate([ext, s], axis=1)
-        q = sp_fft.irfft(sp_fft.rfft(full, n_fft, axis=1) * kernel, n_fft,
-                         axis=1)[:, n_ext:n_ext + n_ch]
-        return (q - s * q.sum(1, keepdims=True)) @ comps.T
+        proj = ext @ wu[:n_ext] + s @ wu[n_ext:]  # (n, m + 1): q @ comps.T and sum(q)
+        return proj[:, :-1] - (s @ comps.T) * proj[:, -1:]
 
     if hasattr(spectra, "dask"):
         import dask.array as da
