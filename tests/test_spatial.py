@@ -84,6 +84,22 @@ def test_spatial_denoiser_beats_pca_and_per_pixel_dae(small_map):
     assert 1 <= den.n_components_ <= 16
 
 
+def test_energy_smoothing_denoises_the_mean_spectrum_of_a_short_line_scan():
+    # 40 spectra of one phase: every reconstructed pixel inherits the noise of the mean
+    # spectrum (variance noise / 40 per channel) unless the mean is denoised along energy
+    rng = np.random.default_rng(0)
+    e = np.linspace(0.0, 1.0, 512)
+    spectrum = 20 * (np.exp(-3 * e) + 0.5 * (e > 0.4) * np.exp(-2 * (e - 0.4)))
+    clean = np.tile(spectrum, (40, 1))
+    noisy = rng.poisson(clean).astype(np.float64)
+    err_mean = poisson_error(np.tile(noisy.mean(axis=0), (40, 1)), clean)  # ~1/40
+    before = noisy.copy()
+    est = SpatialDenoiser().fit(noisy)
+    err = poisson_error(est.transform(noisy), clean)
+    assert err < 0.8 * err_mean, (err, err_mean)
+    np.testing.assert_array_equal(noisy, before)  # input untouched
+
+
 def test_energy_smoothing_removes_basis_noise_of_a_line_scan():
     # 96 spectra: the components' own noise (variance ~ noise / sum(scores^2) per channel)
     # dominates PCA's error; denoising them along energy must beat PCA at its best K

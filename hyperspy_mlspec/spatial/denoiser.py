@@ -20,7 +20,8 @@ How it works (every strength is chosen from the data, none by hand)
    independent from channel to channel, which dominates the error of small maps and line
    scans; within short energy windows each component is predicted from its neighbouring
    channels (a blind-spot filter along energy, width and weight chosen by Noise2Self, so
-   sharp edges and fine structure keep their own values).
+   sharp edges and fine structure keep their own values). The mean spectrum, whose noise
+   (``noise / n`` per channel) every reconstructed pixel inherits, is denoised the same way.
 3. *Spatial filtering.* Each coordinate is a map with noise independent from pixel to
    pixel. A blind-spot Gaussian filter predicts it from the neighbours only, with the width
    and scale chosen per coordinate by the Noise2Self loss (J-invariance), and the result is
@@ -143,9 +144,9 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
     window_width
         Channels per energy window, or ``"auto"`` (an eighth of the channels, 16-128).
     energy_smoothing
-        Denoise the global components along the energy axis (Noise2Self within windows of
-        ``n_channels / 32`` channels, 16-64); False keeps the principal components as
-        found.
+        Denoise the global components and the mean spectrum along the energy axis
+        (Noise2Self within windows of ``n_channels / 32`` channels, 16-64); False keeps
+        them as found.
     sigmas
         Candidate widths (pixels) of the spatial filters; ``inf`` is the map mean.
     axis_scale
@@ -383,6 +384,11 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         self.gain_ = level if noise == "poisson" else 1.0
         noise_level = level
         self.noise_level_ = noise_level
+        if self.energy_smoothing:
+            # the mean spectrum carries noise of variance noise / n per channel, which every
+            # reconstructed pixel inherits (a tenth of the error of a 40-pixel line scan)
+            self.offset_ = self._smooth_along_energy(
+                self.offset_[:, None], np.array([noise_level / max(int(vf.sum()), 1)]))[:, 0]
         # components: those above the pooled-noise edge, or found significant on the
         # checkerboard test (small maps, where the edge is very high), whichever is more
         k_edge = int((evals[:K] > _SIGNIFICANCE * edge * noise_level).sum())
@@ -481,29 +487,37 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         """Components ``V`` (D, k) denoised along energy, orthonormalised again.
 
         The noise of a component found from scores ``Z`` is about ``noise_level /
-        sum(Z^2)`` per channel, independent between channels: within overlapping windows
-        of channels, each component is predicted from its neighbouring channels only
+        sum(Z^2)`` per channel, independent between channels (see
+        :meth:`_smooth_along_energy`).
+        """
+        var = noise_level / np.maximum((Z.astype(np.float64) ** 2).sum(axis=0), 1e-300)
+        out = self._smooth_along_energy(V, var)
+        if out is V:
+            return V
+        Q, R = np.linalg.qr(out)
+        return Q * np.where(np.diag(R) < 0, -1.0, 1.0)  # keep each component's sign
+
+    def _smooth_along_energy(self, V: np.ndarray, var: np.ndarray) -> np.ndarray:
+        """Columns of ``V`` (D, k), each with independent noise of variance ``var[j]`` per
+        channel, denoised along energy: within overlapping windows of channels each column
+        is predicted from its neighbouring channels only
         (:func:`~hyperspy_mlspec.spatial.filters.select` along the energy axis), the
         prediction combined with its own values by their posterior weights, and the
-        windows blended.
-        """
+        windows blended. Returns ``V`` itself when it is too short for windows."""
         D, k = V.shape
-        var = noise_level / np.maximum((Z.astype(np.float64) ** 2).sum(axis=0), 1e-300)
         width = int(np.clip(D // 32, 16, 64))
         if D < 2 * width:
             return V
         windows = _windows(D, width)  # all of length ``width``: one call filters them all
         Vd = V.astype(np.float64)
         segs = np.concatenate([Vd[a:b] for a, b in windows], axis=1)  # (width, n_win * k)
-        var_all = np.tile(var, len(windows))
+        var_all = np.tile(np.asarray(var, dtype=np.float64), len(windows))
         choice = filters.select(segs, var_all, None, tuple(self.sigmas), (1.0,))
         smooth = filters.combine(segs, filters.predict(segs, choice), var_all, choice)
         out = np.zeros((D, k))
         for i, ((a, b), w) in enumerate(zip(windows, _blend_weights(windows, D), strict=True)):
             out[a:b] += smooth[:, i * k:(i + 1) * k] * w[:, None]
-        Q, R = np.linalg.qr(out)
-        Q = Q * np.where(np.diag(R) < 0, -1.0, 1.0)  # keep each component's sign
-        return Q
+        return out
 
     def _width(self, D: int) -> int:
         if self.window_width == "auto":
