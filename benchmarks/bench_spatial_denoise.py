@@ -26,7 +26,11 @@ designed, except the EELS generator family):
   counts; ``LSMO_STO_linescan``, 10 x 512, rounded), thinned binomially to 0.5 % and 2 % of
   their dose (3 draws each). The reference is the full-dose data scaled by the thinning
   factor ``p``; its own noise (``p`` x detector gain, in units of the thinned Poisson
-  variance, the gain measured from second differences of the full data) is subtracted;
+  variance) is subtracted. The gain is measured on held-out pixels (the residual of one
+  half of the pixels after the structure found on the other half), because the detector's
+  point-spread function correlates neighbouring channels (lag-1 correlation ~0.4 in
+  ``LSMO_linescan``), which second differences along energy (also reported) miss; where
+  the reference's noise is larger than the errors compared, the ratio is not measurable;
 * **the seed's route**: a ``DenoisingAutoencoder(noise="supervised")`` trained on an example
   simulation library (the clean spectra of two other ``eels_map`` samples, seeds 10 and 11,
   same physics, other microstructures and drifts) applied pixel by pixel to the held-out
@@ -246,9 +250,42 @@ def line_runs(seeds, dose: float = 10.0) -> list[dict]:
 # -- real line scans thinned ------------------------------------------------------------------
 def _detector_gain(X: np.ndarray) -> float:
     """Noise variance per count of high-dose data from second differences along energy
-    (median of ``(d2 x)^2 / (6 x)``, corrected for the median of chi^2_1)."""
+    (median of ``(d2 x)^2 / (6 x)``, corrected for the median of chi^2_1). Assumes noise
+    independent between channels: a detector point-spread function makes it too low."""
     d2 = X[:, :-2] - 2 * X[:, 1:-1] + X[:, 2:]
     return float(np.median(d2**2 / np.maximum(X[:, 1:-1], 1.0)) / (6 * 0.4549))
+
+
+def _held_out_gain(X: np.ndarray, ks: Sequence[int] = (2, 4, 6, 8, 10, 12)) -> dict:
+    """Noise variance per count from held-out pixels, whatever the correlation between
+    channels: spectra scaled by the square root of the mean spectrum; a mean and ``K``
+    components found on the even pixels, the odd pixels' residual variance per channel
+    divided by the fraction of white noise the projection leaves (median over channels),
+    and the other way round. Returns the estimate for every ``K`` that fits (the value
+    used: the median of those with ``K >= 4`` or all) and the lag-1..3 correlation of the
+    residual along energy."""
+    h = np.maximum(X.mean(axis=0), 1e-12)
+    W = X / np.sqrt(h)
+    by_k, lags = {}, []
+    for k in ks:
+        vals = []
+        for first in (0, 1):
+            A, B = W[first::2], W[1 - first::2]
+            if k >= len(A) or not len(B):
+                continue
+            mu = A.mean(axis=0)
+            vt = np.linalg.svd(A - mu, full_matrices=False)[2][:k]
+            R = (B - mu) - (B - mu) @ vt.T @ vt
+            frac = np.maximum(1.0 - (vt**2).sum(axis=0), 1e-6)
+            vals.append(float(np.median((R**2).mean(axis=0) / frac / (1 + 1 / len(A)))))
+            if k == 4:
+                lags.append([float(np.mean(R[:, :-lag] * R[:, lag:]) / np.mean(R * R))
+                             for lag in (1, 2, 3)])
+        if vals:
+            by_k[k] = float(np.mean(vals))
+    used = [g for k, g in by_k.items() if k >= 4] or list(by_k.values())
+    return dict(gain=float(np.median(used)), by_k=by_k,
+                lag_corr=np.mean(lags, axis=0).tolist() if lags else [])
 
 
 def real_runs(fractions=(0.005, 0.02), draws=3) -> list[dict]:
@@ -263,7 +300,13 @@ def real_runs(fractions=(0.005, 0.02), draws=3) -> list[dict]:
             continue
         s0 = hs.load(path)
         X = np.rint(np.asarray(s0.data, dtype=np.float64))
-        gain = _detector_gain(X)
+        white = _detector_gain(X)
+        held = _held_out_gain(X)
+        gain = held["gain"]
+        print(f"{os.path.basename(path)}: gain {gain:.3g} held out (by K "
+              f"{ {k: round(g, 2) for k, g in held['by_k'].items()} }), {white:.3g} from "
+              f"second differences; residual lag-1..3 correlation "
+              f"{np.round(held['lag_corr'], 3).tolist()}", flush=True)
         for p in fractions:
             for draw in range(draws):
                 rng = np.random.default_rng(draw)
@@ -271,25 +314,36 @@ def real_runs(fractions=(0.005, 0.02), draws=3) -> list[dict]:
                 s = s0._deepcopy_with_new_data(Y)
                 ref = p * X
 
-                def err(rows, ref=ref, p=p, gain=gain):
+                def err(rows, ref=ref):
                     rows = np.asarray(rows, dtype=np.float64).reshape(ref.shape)
-                    return float(np.mean((rows - ref) ** 2 / ref) - p * gain)
+                    return float(np.mean((rows - ref) ** 2 / ref))  # reference noise kept
 
                 with Stopwatch() as sw:
                     d = s.mlspec.denoise(show_progressbar=False)
                 dae = s.mlspec.denoise(spatial=False, random_state=draw,
                                        show_progressbar=False)
                 pca = min((err(rows), k) for k, rows in _pca_models(s, K_RANGE))
+                e_sp, e_dae = err(d.data), err(dae.data)
+                gains = (0.9 * gain, gain, 1.1 * gain)  # the ratio if the gain is 10 % off
                 r = dict(kind="real", file=os.path.basename(path), fraction=p, draw=draw,
-                         gain=gain, spatial_err=err(d.data), dae_err=err(dae.data),
-                         raw_err=err(Y), pca_err=pca[0], pca_k=pca[1], seconds=sw.wall,
+                         gain=gain, gain_white=white, lag_corr=held["lag_corr"],
+                         reference_noise=p * gain,
+                         spatial_err=e_sp - p * gain, dae_err=e_dae - p * gain,
+                         pca_err=pca[0] - p * gain, pca_k=pca[1], seconds=sw.wall,
                          aligned=bool(d.metadata.MLSpec.operation_0.aligned),
-                         spatial_err_uncorrected=err(d.data) + p * gain,
-                         pca_err_uncorrected=pca[0] + p * gain)
+                         ratio_white=(e_sp - p * white) / (pca[0] - p * white),
+                         ratio_range=[(e_sp - p * g) / (pca[0] - p * g) for g in gains],
+                         # the comparison stands when PCA's error stays positive with the
+                         # gain 10 % higher
+                         measurable=bool(pca[0] - 1.1 * p * gain > 0),
+                         spatial_err_uncorrected=e_sp, pca_err_uncorrected=pca[0])
                 print(f"real {r['file']} p={p} draw {draw}: spatial/PCA "
-                      f"{r['spatial_err'] / r['pca_err']:.3f} (uncorrected "
-                      f"{r['spatial_err_uncorrected'] / r['pca_err_uncorrected']:.3f}), DAE/PCA "
-                      f"{r['dae_err'] / r['pca_err']:.3f}, PCA K={pca[1]}", flush=True)
+                      f"{r['spatial_err'] / r['pca_err']:.3f} (gain +-10 %: "
+                      f"{r['ratio_range'][2]:.3f}-{r['ratio_range'][0]:.3f}; second-"
+                      f"difference gain {r['ratio_white']:.3f}; uncorrected "
+                      f"{e_sp / pca[0]:.3f}), DAE/PCA {r['dae_err'] / r['pca_err']:.3f}, "
+                      f"PCA K={pca[1]}, errors {r['spatial_err']:.3g} / {r['pca_err']:.3g} "
+                      f"vs reference noise {p * gain:.3g}", flush=True)
                 out.append(r)
     return out
 
@@ -465,20 +519,46 @@ def report(res: dict, cmd: str, info: dict, loads: list, elapsed: float) -> str:
             for p in sorted({r["fraction"] for r in real}):
                 sel = [r for r in real if r["file"] == f and r["fraction"] == p]
                 ratio = [r["spatial_err"] / r["pca_err"] for r in sel]
+                lo = float(np.mean([min(r["ratio_range"]) for r in sel]))
+                hi = float(np.mean([max(r["ratio_range"]) for r in sel]))
+                white = [r["ratio_white"] for r in sel]
                 unc = [r["spatial_err_uncorrected"] / r["pca_err_uncorrected"] for r in sel]
                 dae = [r["dae_err"] / r["pca_err"] for r in sel]
+                measurable = all(r["measurable"] for r in sel)
+                verdict = ("not measurable" if not measurable else "met" if hi <= 0.8 else
+                           "not met" if lo > 0.8 else "undecided")
                 rows.append([f, f"{100 * p:g} %", fmt(sel[0]["gain"]),
+                             fmt(sel[0]["gain_white"]),
+                             ", ".join(fmt(x) for x in sel[0]["lag_corr"][:2]),
+                             fmt(float(np.mean([r["pca_err"] for r in sel]))),
+                             fmt(sel[0]["reference_noise"]),
                              ", ".join(fmt(x) for x in ratio), fmt(float(np.mean(ratio))),
+                             f"{fmt(lo)} to {fmt(hi)}", fmt(float(np.mean(white))),
                              fmt(float(np.mean(unc))), fmt(float(np.mean(dae))),
                              ", ".join(str(r["pca_k"]) for r in sel),
-                             f"{sum(r['aligned'] for r in sel)}/{len(sel)}",
-                             "met" if np.mean(ratio) <= 0.8 else "not met"])
+                             f"{sum(r['aligned'] for r in sel)}/{len(sel)}", verdict])
         parts += ["### Real EELS line scans thinned binomially", "",
-                  "Error against the full-dose data scaled by the thinning factor p, its own "
-                  "noise (p x detector gain, gain from second differences of the full data) "
-                  "subtracted; 'uncorrected' keeps it (ratios closer to 1).", "",
-                  markdown_table(["file", "dose kept", "gain", "spatial/PCA per draw",
-                                  "mean", "mean (uncorrected)", "per-pixel DAE/PCA",
+                  "Error against the full-dose data scaled by the thinning factor p, in units "
+                  "of the thinned Poisson variance, with the reference's own noise (p x "
+                  "detector gain) subtracted. The gain is measured on held-out pixels "
+                  "(residual of half the pixels after the mean and 4-12 components found "
+                  "on the other half: it includes the noise correlated between channels "
+                  "by the detector's point-spread function, lag-1 correlation shown); "
+                  "'2nd-diff gain' is the estimate from second differences along energy, "
+                  "which assumes channel-independent noise and reads about half as high on "
+                  "these files. 'gain +-10 %' is the mean ratio with the gain 10 % lower / "
+                  "higher; 'uncorrected' keeps the reference's noise (ratios pulled to 1). "
+                  "The target is met when the ratio is <= 0.8 over the whole +-10 % range. "
+                  "Where the reference's noise is larger than the errors compared, a 10 % "
+                  "higher gain makes PCA's error negative: 'not measurable' (the file "
+                  "cannot tell the methods apart at that dose). The reference's noise is "
+                  "also partly in the thinned data, so a method that keeps some of it reads "
+                  "low; PCA keeps more of it than the spatial route, so the ratios are, if "
+                  "anything, conservative.", "",
+                  markdown_table(["file", "dose kept", "gain (held out)", "2nd-diff gain",
+                                  "lag-1, 2 corr.", "PCA err", "reference noise",
+                                  "spatial/PCA per draw", "mean", "gain +-10 %",
+                                  "with 2nd-diff gain", "uncorrected", "per-pixel DAE/PCA",
                                   "PCA K", "aligned", "target <= 0.8"], rows), ""]
     sr = res.get("seed_route")
     if sr:
