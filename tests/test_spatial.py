@@ -300,3 +300,21 @@ def test_seed_route_weights_fine_structure_and_combines_with_spatial(tmp_path, s
     assert both.data.shape == s.data.shape and np.isfinite(both.data).all()
     assert both.metadata.MLSpec.operation_0.model == "SpatialDenoiser"
     assert both.metadata.MLSpec.operation_1.model == "DenoisingAutoencoder"
+
+
+def test_detector_gain_does_not_change_the_result():
+    # raw counts times a detector gain (variance = gain x counts): the split-half tests
+    # must split electrons, not data units (whose halves would share most of their noise
+    # and keep noise components); the result is then the gain-1 result times the gain
+    s, truth = eels_map((32, 40), 162, 10.0, energy_range=(400.0, 1696.0), drift=0.0,
+                        random_state=8, return_truth=True)
+    clean = np.asarray(truth.clean, dtype=np.float64)
+    X = s.data.astype(np.float64)
+    plain = SpatialDenoiser().fit(X)
+    err_1 = poisson_error(plain.transform(X), clean)
+    raw = (3 * X).astype(np.int16)  # int16 counts, gain 3
+    gained = SpatialDenoiser().fit(raw)
+    err_3 = poisson_error(gained.transform(raw) / 3.0, clean)
+    assert abs(gained.gain_ - 3.0) < 0.3 and abs(plain.gain_ - 1.0) < 0.1
+    assert gained.n_components_ == plain.n_components_
+    assert err_3 < 1.1 * err_1, (err_3, err_1)

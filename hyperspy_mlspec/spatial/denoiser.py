@@ -14,7 +14,9 @@ How it works (every strength is chosen from the data, none by hand)
    coherent variations such as a chemical shift or a valence change are invisible to a
    global PCA at low dose, but not to a pooled, windowed one). Components beyond the edge
    are kept when those found on one binomial half of the counts still carry signal on the
-   other half (an honest test: a basis found on the same pixels fits their noise).
+   other half (an honest test: a basis found on the same pixels fits their noise). Counts
+   with a detector gain ``g`` are split in electrons (``x / g``): halves of the data units
+   would share most of their noise.
    The global components are then denoised along the energy axis: a component estimated
    from n pixels carries noise of variance ``noise / sum(scores^2)`` in every channel,
    independent from channel to channel, which dominates the error of small maps and line
@@ -53,6 +55,8 @@ _MIN_POOLED_SIDE = 32  # smaller grids find their basis unpooled (pooling blurs 
 #                        pixels they have; measured on a 10-pixel real line scan)
 _WINDOW_SIGMA = 4.0  # pixels: pooling of the remainder the window bases are found on
 _SIGNIFICANCE = 2.0  # eigenvalues must exceed this multiple of the pooled-noise edge
+_UNIT_GAIN_TOLERANCE = 0.1  # counts whose measured gain is this close to 1 are split as
+#                             integer counts (binomial halves), others in electrons
 _MIN_HONEST_SIDE = 8  # grids with fewer pixels along every axis skip the split-half tests
 
 
@@ -554,7 +558,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         (recorrupted pairs)."""
         seed = 0 if self.random_state is None else self.random_state
         rng = np.random.default_rng(seed)
-        if self.noise_ == "poisson":
+        if self.noise_ == "poisson" and abs(self.gain_ - 1.0) <= _UNIT_GAIN_TOLERANCE:
             # binomial halves by the rounded normal approximation (right mean and variance,
             # within 0.01 of the exact probabilities from 1 count; 10x faster than exact)
             counts = np.rint(np.maximum(X, 0)).astype(np.float32)
@@ -562,6 +566,17 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
             a = np.minimum(np.maximum(np.rint(0.5 * counts + 0.5 * np.sqrt(counts) * z), 0),
                            counts)
             return 2.0 * a, 2.0 * (counts - a), 2.0
+        if self.noise_ == "poisson":
+            # counts with a detector gain g (variance g x counts): halves of the data units
+            # would share most of their noise (each electron's g units go to both), which
+            # the split-half tests would take for signal. Split the electrons instead,
+            # x / g, by the same normal approximation (halves independent, each of variance
+            # 2 g x)
+            electrons = np.maximum(X, 0).astype(np.float32) / np.float32(self.gain_)
+            z = rng.standard_normal(X.shape, dtype=np.float32)
+            a = np.clip(0.5 * electrons + 0.5 * np.sqrt(electrons) * z, 0.0, electrons)
+            g2 = np.float32(2.0 * self.gain_)
+            return g2 * a, g2 * (electrons - a), 2.0
         extra = rng.standard_normal(X.shape, dtype=np.float32) * \
             self.column_scale_.astype(np.float32) * np.float32(math.sqrt(self.noise_level_))
         return X + extra, X - extra, 2.0
