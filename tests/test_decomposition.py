@@ -164,3 +164,24 @@ def test_beats_hyperspy_pca_at_equal_k_on_drifted_thick_map():
     ae = s.mlspec.decomposition(k, random_state=0, show_progressbar=False)
     ae_err = err(s.mlspec.reconstruct(ae).data)
     assert ae_err < 0.7 * pca_err  # 0.41-0.48x over map seeds 0-3 x AE seeds 0-1
+
+
+def test_detector_gain_scales_the_noise_and_splits_electrons():
+    # raw counts times a detector gain of 3: the shrinkage of the PCA start must use the
+    # gain's noise level and the held-out halves must split electrons, so the model of the
+    # gained counts is the gain-1 model times 3 (it was twice the error before)
+    from hyperspy_mlspec.data import eels_map
+
+    s, truth = eels_map((40, 50), 162, 10.0, energy_range=(400.0, 1696.0), drift=0.3,
+                        random_state=7, return_truth=True)
+    clean = np.asarray(truth.clean, dtype=np.float64).reshape(-1, 162)
+    X = s.data.reshape(-1, 162).astype(np.float64)
+
+    def error(est, data, scale):
+        rec = est.inverse_transform(est.transform(data)) / scale
+        return float(np.mean((rec - clean) ** 2 / clean))
+
+    plain = AutoencoderDecomposition(n_components=4, random_state=0).fit(X)
+    gained = AutoencoderDecomposition(n_components=4, random_state=0).fit(3 * X)
+    assert plain._gain is None and abs(gained._gain - 3.0) < 0.3
+    assert error(gained, 3 * X, 3.0) < 1.05 * error(plain, X, 1.0)

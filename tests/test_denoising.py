@@ -292,3 +292,19 @@ def test_partial_fit_and_clone(eels):
     assert poisson_error(dae.transform(X), truth.clean) < 0.1
     twin = clone(dae)
     assert twin.get_params() == dae.get_params() and not hasattr(twin, "module_")
+
+
+def test_poisson_split_measures_the_detector_gain_and_splits_electrons():
+    # halves of raw counts with a gain share most of their noise; split electrons instead
+    s, truth = eels_map((40, 50), 162, 10.0, energy_range=(400.0, 1696.0), drift=0.3,
+                        random_state=7, return_truth=True)
+    clean = np.asarray(truth.clean, dtype=np.float64).reshape(-1, 162)
+    X = s.data.reshape(-1, 162).astype(np.float32)
+
+    def error(est, data, scale):
+        return float(np.mean((est.transform(data) / scale - clean) ** 2 / clean))
+
+    plain = DenoisingAutoencoder(random_state=0).fit(X)
+    gained = DenoisingAutoencoder(random_state=0).fit(3 * X)
+    assert plain.count_gain_ == 1.0 and abs(gained.count_gain_ - 3.0) < 0.3
+    assert error(gained, 3 * X, 3.0) < 1.25 * error(plain, X, 1.0)

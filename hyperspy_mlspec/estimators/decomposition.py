@@ -8,9 +8,10 @@ from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from hyperspy_mlspec._docs import N_COMPONENTS
+from hyperspy_mlspec.arrays.counts import MIN_GAIN_ROWS, count_gain, is_unit_gain
 from hyperspy_mlspec.engine.losses import gaussian_loss, poisson_deviance, poisson_deviance_exp
 from hyperspy_mlspec.engine.parallel import map_batches
-from hyperspy_mlspec.engine.sampling import binomial_half
+from hyperspy_mlspec.engine.sampling import split_counts
 from hyperspy_mlspec.engine.sources import RowSource
 from hyperspy_mlspec.estimators.base import SpectralEstimator, looks_like_counts, stat_rows
 from hyperspy_mlspec.models import SpectralAutoencoder, default_hidden_sizes
@@ -199,6 +200,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
 
         c = torch.as_tensor(norm.channel_scale, device=self.device_)
         split = getattr(self, "_counts", False)
+        gain = getattr(self, "_gain", None)  # raw counts: halves split electrons
         fused = poisson and module.nonnegative and not module.linear_decoder
 
         def step(x: torch.Tensor, training: bool) -> torch.Tensor:
@@ -207,7 +209,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
                 # half (doubled) and score against the other, whose noise is independent;
                 # the reconstruction of x scored against x itself keeps improving as the
                 # network learns to pass noise, this does not (see the class notes)
-                a = binomial_half(x)
+                a = split_counts(x, gain)
                 x2 = 2.0 * a
                 rate, _, mu, logvar = module.rates(x2, norm.row_scale(x2), c)
                 return poisson_deviance(0.5 * rate, x - a)
@@ -219,7 +221,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
                 rate, _, mu, logvar = module.rates(x, norm.row_scale(x), c, sample=training)
                 loss = poisson_deviance(rate, x)
             elif split and not training:  # the binomial split of the Gaussian loss
-                a = binomial_half(x)
+                a = split_counts(x, gain)
                 x2 = 2.0 * a
                 rate, _, mu, logvar = module.rates(x2, norm.row_scale(x2), c)
                 m = norm.multiplier(norm.row_scale(x))
@@ -247,11 +249,16 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         self._counts = looks_like_counts(sample)  # binomial splits need integer counts
         self._init_sample = sample  # the PCA candidate of init="auto" (dropped after fit)
         self._noise_var = None
+        self._gain = None
         if self._counts and len(sample):
-            # Poisson: var(x) = E[x], so var(x / m) is estimated without bias by x / m^2
+            # raw counts may carry a detector gain g (variance g x counts): it scales the
+            # noise level and the held-out halves must split electrons
+            g = count_gain(sample) if len(sample) >= MIN_GAIN_ROWS else None
+            self._gain = None if is_unit_gain(g) else g
+            # Poisson: var(x) = g E[x], so var(x / m) is estimated without bias by g x / m^2
             x = torch.as_tensor(sample, dtype=torch.float64)
             m = self.normalizer_.multiplier(self.normalizer_.row_scale(x))
-            self._noise_var = float((x / m**2).mean())
+            self._noise_var = float((x / m**2).mean()) * (self._gain or 1.0)
         if self.init_ == "pca" and self.loss == "auto":
             # the PCA start is the optimum of the Poisson-weighted squared error (HyperSpy's
             # PCA); training on that loss can then only improve on it
@@ -325,12 +332,13 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         is independent (the same halves for every module scored)."""
         norm = self.normalizer_
         c = torch.as_tensor(norm.channel_scale, device=self.device_)
+        gain = getattr(self, "_gain", None)
         total, n = 0.0, 0
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(12345)
             for batch in source.batches(4096, split="val"):
                 x = torch.as_tensor(np.asarray(batch, np.float32), device=self.device_)
-                a = binomial_half(x)
+                a = split_counts(x, gain)
                 x2 = 2.0 * a
                 rate = module.rates(x2, norm.row_scale(x2), c)[0]
                 m = norm.multiplier(norm.row_scale(x))

@@ -43,13 +43,14 @@ import torch
 from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from hyperspy_mlspec.arrays.counts import MIN_GAIN_ROWS, count_gain, is_unit_gain
 from hyperspy_mlspec.engine import Normalizer
 from hyperspy_mlspec.engine.losses import (
     gaussian_loss,
     poisson_deviance,
     poisson_deviance_elements,
 )
-from hyperspy_mlspec.engine.sampling import binomial_half
+from hyperspy_mlspec.engine.sampling import split_counts
 from hyperspy_mlspec.estimators.base import SpectralEstimator, is_dask, looks_like_counts
 from hyperspy_mlspec.models.denoiser import ConvDenoiser, DenseDenoiser, default_hidden_sizes
 from hyperspy_mlspec.persistence import register_model
@@ -90,8 +91,9 @@ def _shape_weights(clean: np.ndarray) -> np.ndarray:
     return (w / w.mean()).astype(np.float32)
 
 
-def _halves(x: torch.Tensor, k: int, seed: int):
-    """``k`` binomial halves ``~ Binomial(x, 1/2)`` of each count spectrum, for inference.
+def _halves(x: torch.Tensor, k: int, seed: int, gain: float = 1.0):
+    """``k`` binomial halves ``~ Binomial(x, 1/2)`` of each count spectrum, for inference
+    (of the electrons ``x / gain``, returned in the data's units).
 
     The draws must not depend on which other spectra share the batch (lazy and in-memory
     data, any chunking, must give the same result), so every spectrum uses the same
@@ -101,10 +103,11 @@ def _halves(x: torch.Tensor, k: int, seed: int):
     """
     gen = torch.Generator(device=x.device).manual_seed(seed)
     z = torch.randn(k, x.shape[1], generator=gen, device=x.device, dtype=x.dtype)
-    counts = x.clamp_min(0).round()
+    counts = (x.clamp_min(0) / gain).round()
     root = counts.sqrt()
     for i in range(k):
-        yield torch.minimum((0.5 * counts + 0.5 * root * z[i]).round().clamp_min(0), counts)
+        yield gain * torch.minimum((0.5 * counts + 0.5 * root * z[i]).round().clamp_min(0),
+                                   counts)
 
 
 @register_model
@@ -189,6 +192,9 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
         Loss and normalisation actually used.
     conserves_counts_ : bool
         True when denoised spectra keep the total counts of their input (Poisson loss).
+    count_gain_ : float
+        Detector gain of the counts (data units per electron, measured; 1 for plain
+        counts): ``"poisson-split"`` halves split electrons.
     history_ : list of dict
         Loss per epoch.
     module_ : torch.nn.Module
@@ -294,6 +300,11 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
                     f"the dose is too low to split: a spectrum holds {median_total:g} counts "
                     "(median). Sum neighbouring pixels or channels first (s.rebin) to get at "
                     "least a few counts per spectrum.")
+        # raw counts may carry a detector gain (variance = gain x counts): the halves must
+        # split electrons, or they share most of their noise and the network learns it
+        g = (count_gain(sample) if self.noise == "poisson-split"
+             and len(sample) >= MIN_GAIN_ROWS else None)
+        self.count_gain_ = 1.0 if is_unit_gain(g) else float(g)
         if self.noise == "supervised" and self.dose is not None and sample.min() < 0:
             raise ValueError(
                 "noise='supervised' with a dose simulates Poisson counts from the clean "
@@ -391,7 +402,7 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
             return self._predict(x)
         total = x.sum(1, keepdim=True)
         out = torch.zeros_like(x)
-        for half in _halves(x, k, seed=0):
+        for half in _halves(x, k, seed=0, gain=float(getattr(self, "count_gain_", 1.0))):
             out += self._predict(half, total=total)
         return out / k
 
@@ -424,10 +435,13 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
             # same at every epoch so early stopping compares like with like
             return None if training else val_gen.manual_seed(12345)
 
+        gain = getattr(self, "count_gain_", 1.0)
+
         def split_step(x: torch.Tensor, training: bool) -> torch.Tensor:
             x = x.round()
-            # exact Binomial(x, 1/2), 4-5x faster than torch.binomial on a CPU (engine.sampling)
-            a = binomial_half(x, generator=generator(training))
+            # exact Binomial(x, 1/2), 4-5x faster than torch.binomial on a CPU (engine.sampling);
+            # raw counts with a detector gain are split in electrons
+            a = split_counts(x, gain, generator=generator(training))
             full = self._predict(a, total=x.sum(1, keepdim=True))
             return poisson_deviance(0.5 * full, x - a)
 
@@ -546,12 +560,14 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
 
     def _fitted_config(self) -> dict:
         return {**super()._fitted_config(), "sizes_": self.sizes_,
-                "conserves_counts_": bool(self.conserves_counts_)}
+                "conserves_counts_": bool(self.conserves_counts_),
+                "count_gain_": float(getattr(self, "count_gain_", 1.0))}
 
     def _restore(self, config, arrays, weights) -> None:
         self._restored_sizes = config["sizes_"]
         super()._restore(config, arrays, weights)
         self.conserves_counts_ = config["conserves_counts_"]
+        self.count_gain_ = float(config.get("count_gain_", 1.0))  # files of older versions: 1
         if "channel_weights_" in arrays:
             self.channel_weights_ = np.asarray(arrays["channel_weights_"], dtype=np.float32)
 

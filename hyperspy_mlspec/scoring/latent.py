@@ -9,7 +9,6 @@ __all__ = [
     "CLUSTER_METHODS",
     "NORMALIZE",
     "cluster_labels",
-    "count_gain",
     "default_radius",
     "drift",
     "features",
@@ -276,35 +275,6 @@ def default_radius(mean_counts: float | None, ndim: int = 2) -> int:
     return largest
 
 
-def count_gain(sample: np.ndarray) -> float | None:
-    """Detector gain of count data (data units per count), or None if the data do not look
-    like (scaled) Poisson counts.
-
-    Poisson counts ``x = g n`` have ``Var(x_c - x_{c+1}) = g (E x_c + E x_{c+1})`` for
-    neighbouring channels of a smooth spectrum; the median ratio over channels is ``g``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> x = 4.0 * np.random.default_rng(0).poisson(30.0, (2000, 64))
-    >>> round(count_gain(x), 1)
-    4.0
-    """
-    x = np.asarray(sample, dtype=np.float64)
-    x = x[np.isfinite(x).all(axis=1)]
-    if x.size == 0 or x.min() < 0 or x.max() <= 0 or x.shape[1] < 4:
-        return None
-    d = np.diff(x, axis=1)
-    s = x[:, 1:] + x[:, :-1]
-    mean_s = s.mean(axis=0)
-    ok = mean_s > 0
-    if not ok.any():
-        return None
-    ratio = (d[:, ok] - d[:, ok].mean(0)).var(axis=0) / mean_s[ok]
-    g = float(np.median(ratio))
-    return g if np.isfinite(g) and g > 0 else None
-
-
 def _bin_lazy(rows, nav_shape, valid, factor):
     """Sum of the valid spectra over blocks of ``factor`` pixels per navigation axis (dask
     reductions: one pass, a small result)."""
@@ -397,8 +367,8 @@ def phase_codes(rows, nav_shape: tuple[int, ...], valid: np.ndarray, n_component
     radius
         Pooling radius; None: :func:`default_radius` from the counts.
     gain
-        Data units per count (:func:`count_gain`); None: the data are not counts (no
-        Wiener weights, radius 1 unless given).
+        Data units per count (:func:`~hyperspy_mlspec.arrays.counts.count_gain`); None:
+        the data are not counts (no Wiener weights, radius 1 unless given).
     energy_loss
         ``(offset, scale)`` in eV of a core-loss EELS signal axis: the thickness response
         of every pixel's codes is then computed from plural-scattering physics

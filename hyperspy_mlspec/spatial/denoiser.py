@@ -48,6 +48,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from hyperspy_mlspec.arrays.counts import is_unit_gain
 from hyperspy_mlspec.spatial import filters
 
 _BASIS_SIGMA = 1.5  # pixels: pooling of the map the global basis is found on
@@ -55,8 +56,6 @@ _MIN_POOLED_SIDE = 32  # smaller grids find their basis unpooled (pooling blurs 
 #                        pixels they have; measured on a 10-pixel real line scan)
 _WINDOW_SIGMA = 4.0  # pixels: pooling of the remainder the window bases are found on
 _SIGNIFICANCE = 2.0  # eigenvalues must exceed this multiple of the pooled-noise edge
-_UNIT_GAIN_TOLERANCE = 0.1  # counts whose measured gain is this close to 1 are split as
-#                             integer counts (binomial halves), others in electrons
 _MIN_HONEST_SIDE = 8  # grids with fewer pixels along every axis skip the split-half tests
 
 
@@ -558,7 +557,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         (recorrupted pairs)."""
         seed = 0 if self.random_state is None else self.random_state
         rng = np.random.default_rng(seed)
-        if self.noise_ == "poisson" and abs(self.gain_ - 1.0) <= _UNIT_GAIN_TOLERANCE:
+        if self.noise_ == "poisson" and is_unit_gain(self.gain_):
             # binomial halves by the rounded normal approximation (right mean and variance,
             # within 0.01 of the exact probabilities from 1 count; 10x faster than exact)
             counts = np.rint(np.maximum(X, 0)).astype(np.float32)

@@ -144,8 +144,9 @@ def _phase_route(signal, n_clusters, navigation_mask, n_components, align, radiu
                  spatial, random_state, show_progressbar):
     """The map's own phase codes (no training): ``(features, valid, labels, shift, beta,
     radius)``."""
+    from hyperspy_mlspec.arrays.counts import count_gain
     from hyperspy_mlspec.engine.progress import progress
-    from hyperspy_mlspec.scoring.latent import count_gain, drift, phase_codes, phase_labels
+    from hyperspy_mlspec.scoring.latent import drift, phase_codes, phase_labels
 
     sio.check_signal(signal)
     check_ndim(signal, "latent clustering")
