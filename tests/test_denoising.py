@@ -294,7 +294,7 @@ def test_partial_fit_and_clone(eels):
     assert twin.get_params() == dae.get_params() and not hasattr(twin, "module_")
 
 
-def test_poisson_split_measures_the_detector_gain_and_splits_electrons():
+def test_poisson_split_measures_the_detector_gain_and_splits_electrons(tmp_path):
     # halves of raw counts with a gain share most of their noise; split electrons instead
     s, truth = eels_map((40, 50), 162, 10.0, energy_range=(400.0, 1696.0), drift=0.3,
                         random_state=7, return_truth=True)
@@ -308,3 +308,8 @@ def test_poisson_split_measures_the_detector_gain_and_splits_electrons():
     gained = DenoisingAutoencoder(random_state=0).fit(3 * X)
     assert plain.count_gain_ == 1.0 and abs(gained.count_gain_ - 3.0) < 0.3
     assert error(gained, 3 * X, 3.0) < 1.25 * error(plain, X, 1.0)
+    gained.save(tmp_path / "gained.mlspec")  # the gain is part of the saved model
+    loaded = load_model(tmp_path / "gained.mlspec")
+    assert loaded.count_gain_ == gained.count_gain_
+    np.testing.assert_allclose(loaded.transform(3 * X[:64]), gained.transform(3 * X[:64]),
+                               rtol=1e-5, atol=1e-5)
