@@ -318,3 +318,32 @@ def test_detector_gain_does_not_change_the_result():
     assert abs(gained.gain_ - 3.0) < 0.3 and abs(plain.gain_ - 1.0) < 0.1
     assert gained.n_components_ == plain.n_components_
     assert err_3 < 1.1 * err_1, (err_3, err_1)
+
+
+def test_noise_correlated_between_channels_is_measured_and_not_kept_as_signal():
+    # a detector point-spread function spreads each electron over neighbouring channels:
+    # halves of such counts share the correlated part of their noise, and the white-noise
+    # edge lets smooth noise directions through; the correlation is measured (corrected
+    # for the projection it is measured after) and used for the split and the edges
+    from scipy.ndimage import convolve1d
+
+    s, truth = eels_map((40, 50), 162, 10.0, energy_range=(400.0, 1696.0), drift=0.0,
+                        random_state=3, return_truth=True)
+    mu = np.asarray(truth.clean, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    psf = np.array([0.1, 0.8, 0.1])  # lag-1 correlation 2 * 0.08 / 0.66 = 0.242
+    counts = rng.poisson(mu).astype(np.float64)
+    white = np.rint(4.0 * counts)
+    X = np.rint(4.0 * convolve1d(counts, psf, axis=-1, mode="nearest"))
+    clean = 4.0 * convolve1d(mu, psf, axis=-1, mode="nearest")
+    plain = SpatialDenoiser().fit(white)
+    est = SpatialDenoiser().fit(X)
+    assert not np.any(plain.noise_correlation_)
+    assert abs(est.noise_correlation_[0] - 0.242) < 0.03, est.noise_correlation_
+    assert est.n_components_ <= plain.n_components_ + 1, (est.n_components_,
+                                                          plain.n_components_)
+    sig = hs.signals.Signal1D(X.astype(np.float32))
+    sig.decomposition(normalize_poissonian_noise=True, print_info=False)
+    err_pca = min(poisson_error(sig.get_decomposition_model(k).data, clean)
+                  for k in range(1, 9))
+    assert poisson_error(est.transform(X), clean) < 0.75 * err_pca

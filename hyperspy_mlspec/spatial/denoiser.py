@@ -16,7 +16,10 @@ How it works (every strength is chosen from the data, none by hand)
    are kept when those found on one binomial half of the counts still carry signal on the
    other half (an honest test: a basis found on the same pixels fits their noise). Counts
    with a detector gain ``g`` are split in electrons (``x / g``): halves of the data units
-   would share most of their noise.
+   would share most of their noise. Noise correlated between channels (a detector's
+   point-spread function) is measured on the checkerboard residual (corrected for the
+   projection) and taken into account: halves are then recorrupted pairs with noise of
+   that correlation, and the edges scale with the noise's largest power.
    The global components are then denoised along the energy axis: a component estimated
    from n pixels carries noise of variance ``noise / sum(scores^2)`` in every channel,
    independent from channel to channel, which dominates the error of small maps and line
@@ -56,6 +59,8 @@ _MIN_POOLED_SIDE = 32  # smaller grids find their basis unpooled (pooling blurs 
 #                        pixels they have; measured on a 10-pixel real line scan)
 _WINDOW_SIGMA = 4.0  # pixels: pooling of the remainder the window bases are found on
 _SIGNIFICANCE = 2.0  # eigenvalues must exceed this multiple of the pooled-noise edge
+_NOISE_LAGS = 4  # channels over which the noise's correlation along energy is measured
+_CORRELATED = 0.05  # |correlation| of neighbouring channels' noise above which it is used
 _MIN_HONEST_SIDE = 8  # grids with fewer pixels along every axis skip the split-half tests
 
 
@@ -124,6 +129,63 @@ def _blend_weights(windows: list[tuple[int, int]], n_channels: int) -> list[np.n
     return [w / np.maximum(total[a:b], 1e-12) for (a, b), w in zip(windows, raw, strict=True)]
 
 
+def _channel_correlation(R: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """Correlation of the noise between channels 1 to ``_NOISE_LAGS`` apart, from rows
+    ``R = (I - V V') noise`` (the residual after projecting out the orthonormal columns of
+    ``V``, which also removes part of the noise's correlation: the lag covariances of the
+    residual are linear in those of the noise, and that system is solved). Zeros when it
+    is negligible (below ``_CORRELATED`` at every lag)."""
+    D = R.shape[1]
+    rho = np.zeros(_NOISE_LAGS)
+    if D <= 4 * _NOISE_LAGS or float(np.mean(R * R)) <= 0:
+        return rho
+    L = _NOISE_LAGS
+    emp = np.array([float(np.mean(R[:, : D - lag] * R[:, lag:])) * (D - lag) / D
+                    for lag in range(L + 1)])  # sum over channels of R_c R_{c+l}, per row
+    A = np.zeros((L + 1, L + 1))
+    for m in range(L + 1):
+        # (I - P) E_m (I - P) with E_m the symmetric lag-m band, P = V V'
+        E = np.eye(D, k=m) + (np.eye(D, k=-m) if m else 0.0)
+        Q = E - V @ (V.T @ E)
+        Q = Q - (Q @ V) @ V.T
+        for lag in range(L + 1):
+            A[lag, m] = np.trace(Q, offset=lag) / D
+    try:
+        x = np.linalg.solve(A, emp)
+    except np.linalg.LinAlgError:
+        return rho
+    if not x[0] > 0:
+        return rho
+    rho = np.clip(x[1:] / x[0], -0.5, 0.95)
+    return rho if np.abs(rho).max() > _CORRELATED else np.zeros(L)
+
+
+def _noise_power(n: int, rho: np.ndarray) -> np.ndarray:
+    """Power spectrum (mean 1) along ``n`` channels of noise with correlations ``rho``."""
+    w = 2.0 * np.pi * np.arange(n // 2 + 1) / n
+    lags = np.arange(1, len(rho) + 1)
+    p = 1.0 + 2.0 * (np.cos(np.outer(w, lags)) @ np.asarray(rho, dtype=np.float64))
+    return np.maximum(p, 0.02)
+
+
+def _colour(z: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """White unit noise ``z`` (last axis: channels) given the correlations ``rho``."""
+    n = z.shape[-1]
+    gain = np.sqrt(_noise_power(n, rho)).astype(np.float32)
+    return np.fft.irfft(np.fft.rfft(z, axis=-1) * gain, n, axis=-1).astype(np.float32)
+
+
+def _quadratic_noise(V: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """``v' T v`` for every column ``v`` of ``V`` (``T``: the noise correlation matrix
+    along energy, 1 on the diagonal): the noise variance along each direction, per unit
+    noise level."""
+    out = (V * V).sum(axis=0)
+    for lag, r in enumerate(rho, start=1):
+        if r and lag < len(V):
+            out = out + 2.0 * r * (V[:-lag] * V[lag:]).sum(axis=0)
+    return out
+
+
 class SpatialDenoiser(TransformerMixin, BaseEstimator):
     """Denoise a spectrum image using both its spectra and its neighbourhoods.
 
@@ -176,6 +238,11 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         Noise model used.
     gain_ : float
         Measured noise variance relative to Poisson (``"poisson"``; 1 for pure counts).
+    noise_correlation_ : ndarray of shape (4,)
+        Measured correlation of the noise between channels 1-4 apart (a detector's
+        point-spread function; zeros when negligible). Used for the split-half tests (noise
+        of that correlation, not count splitting, makes independent halves) and for the
+        noise edges.
     mean_spectrum_ : ndarray of shape (n_channels,)
         Mean spectrum of the fitted map (the whitening scale ``h``).
 
@@ -394,6 +461,9 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
                 self.offset_[:, None], np.array([noise_level / max(int(vf.sum()), 1)]))[:, 0]
         # components: those above the pooled-noise edge, or found significant on the
         # checkerboard test (small maps, where the edge is very high), whichever is more
+        # correlated noise: the pooled noise's eigenvalues reach the largest value of its
+        # power spectrum along energy times the white edge
+        edge *= float(_noise_power(D, self.noise_correlation_).max())
         k_edge = int((evals[:K] > _SIGNIFICANCE * edge * noise_level).sum())
         k = int(np.clip(max(k_edge, self.__dict__.pop("_n_significant", 0)), 1, K))
         halves = None
@@ -452,11 +522,16 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         level = float(np.median((R.astype(np.float64) ** 2).mean(axis=0)))
         frac = float(np.median(1.0 - (V.astype(np.float64) ** 2).sum(axis=1)))
         level = max(level / max(frac, 1e-6), 1e-12)
+        self.noise_correlation_ = _channel_correlation(R.astype(np.float64),
+                                                       V.astype(np.float64))
         # honest significance of the leading components: their variance on pixels they were
-        # not found on must exceed the noise level (by 3 standard errors)
+        # not found on must exceed the noise's along them (by 3 standard errors); noise
+        # correlated between channels (a detector's point-spread function) is stronger
+        # along smooth directions
         var_w = (Zw.astype(np.float64) ** 2).mean(axis=0)
-        se = level * math.sqrt(2.0 / max(len(Zw), 1))
-        significant = var_w > level + 3.0 * se
+        noise_w = level * _quadratic_noise(V.astype(np.float64), self.noise_correlation_)
+        se = noise_w * math.sqrt(2.0 / max(len(Zw), 1))
+        significant = var_w > noise_w + 3.0 * se
         self._n_significant = int(np.argmin(significant)) if not significant.all() else k
         return level
 
@@ -557,6 +632,19 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         (recorrupted pairs)."""
         seed = 0 if self.random_state is None else self.random_state
         rng = np.random.default_rng(seed)
+        rho = self.noise_correlation_
+        if np.any(rho):
+            # noise correlated between channels: no split of the counts gives independent
+            # halves; recorrupted pairs X +- n' with n' of the measured variance and
+            # correlation do (cov(N + n', N - n') = 0)
+            z = _colour(rng.standard_normal(X.shape, dtype=np.float32), rho)
+            if self.noise_ == "poisson":
+                scale = np.sqrt(np.float32(self.gain_) * np.maximum(X, 0).astype(np.float32))
+            else:
+                scale = self.column_scale_.astype(np.float32) * \
+                    np.float32(math.sqrt(self.noise_level_))
+            extra = (scale * z).astype(np.float32)
+            return X + extra, X - extra, 2.0
         if self.noise_ == "poisson" and is_unit_gain(self.gain_):
             # binomial halves by the rounded normal approximation (right mean and variance,
             # within 0.01 of the exact probabilities from 1 count; 10x faster than exact)
