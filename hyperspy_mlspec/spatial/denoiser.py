@@ -19,7 +19,9 @@ How it works (every strength is chosen from the data, none by hand)
    would share most of their noise. Noise correlated between channels (a detector's
    point-spread function) is measured on the checkerboard residual (corrected for the
    projection) and taken into account: halves are then recorrupted pairs with noise of
-   that correlation, and the edges scale with the noise's largest power.
+   that correlation, the edges scale with the noise's largest power, each coordinate's
+   noise variance is that of the correlated noise along it, and components are smoothed
+   along energy where their noise is decorrelated.
    The global components are then denoised along the energy axis: a component estimated
    from n pixels carries noise of variance ``noise / sum(scores^2)`` in every channel,
    independent from channel to channel, which dominates the error of small maps and line
@@ -173,6 +175,27 @@ def _colour(z: np.ndarray, rho: np.ndarray) -> np.ndarray:
     n = z.shape[-1]
     gain = np.sqrt(_noise_power(n, rho)).astype(np.float32)
     return np.fft.irfft(np.fft.rfft(z, axis=-1) * gain, n, axis=-1).astype(np.float32)
+
+
+def _filter_along(V: np.ndarray, rho: np.ndarray, power: float) -> np.ndarray:
+    """Columns of ``V`` (channels first) filtered by the noise power spectrum to ``power``
+    (-1/2 decorrelates noise of correlations ``rho``, +1/2 undoes it); edges mirrored."""
+    D = V.shape[0]
+    pad = min(D - 1, 8 * _NOISE_LAGS)
+    ext = np.concatenate([V[pad:0:-1], V, V[-2:-pad - 2:-1]], axis=0)
+    n = ext.shape[0]
+    gain = _noise_power(n, rho) ** power
+    out = np.fft.irfft(np.fft.rfft(ext, axis=0) * gain[:, None], n, axis=0)
+    return out[pad:pad + D]
+
+
+def _toeplitz(n: int, rho: np.ndarray) -> np.ndarray:
+    """``(n, n)`` correlation matrix along energy of noise with correlations ``rho``."""
+    T = np.eye(n)
+    for lag, r in enumerate(rho, start=1):
+        if r and lag < n:
+            T += r * (np.eye(n, k=lag) + np.eye(n, k=-lag))
+    return T
 
 
 def _quadratic_noise(V: np.ndarray, rho: np.ndarray) -> np.ndarray:
@@ -555,8 +578,10 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         V1 = _leading_eigh(cov, K)[1].astype(np.float32)
         Z2 = (self._whiten(x2, g, v).reshape(n, D) @ V1).astype(np.float64)
         Z2[~vf] = 0.0
-        choice = filters.select(Z2.reshape(nav + (-1,)), np.full(K, self.noise_level_ * factor),
-                                v, tuple(self.sigmas), axis_scale)
+        var = self.noise_level_ * factor * _quadratic_noise(V1.astype(np.float64),
+                                                            self.noise_correlation_)
+        choice = filters.select(Z2.reshape(nav + (-1,)), var, v, tuple(self.sigmas),
+                                axis_scale)
         signal = choice.beta > 0
         return int(np.argmin(signal)) if not signal.all() else K
 
@@ -588,6 +613,11 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
             return V
         windows = _windows(D, width)  # all of length ``width``: one call filters them all
         Vd = V.astype(np.float64)
+        rho = getattr(self, "noise_correlation_", np.zeros(_NOISE_LAGS))
+        if np.any(rho):
+            # the blind spot is one channel: filter where the noise is white (decorrelated
+            # along energy), then correlate the result back
+            Vd = _filter_along(Vd, rho, -0.5)
         segs = np.concatenate([Vd[a:b] for a, b in windows], axis=1)  # (width, n_win * k)
         var_all = np.tile(np.asarray(var, dtype=np.float64), len(windows))
         choice = filters.select(segs, var_all, None, tuple(self.sigmas), (1.0,))
@@ -595,7 +625,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         out = np.zeros((D, k))
         for i, ((a, b), w) in enumerate(zip(windows, _blend_weights(windows, D), strict=True)):
             out[a:b] += smooth[:, i * k:(i + 1) * k] * w[:, None]
-        return out
+        return _filter_along(out, rho, 0.5) if np.any(rho) else out
 
     def _width(self, D: int) -> int:
         if self.window_width == "auto":
@@ -693,7 +723,9 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
             return bases
         coords = np.concatenate(cols, axis=1).astype(np.float64)
         coords[~v.reshape(-1)] = 0.0
-        var = np.full(coords.shape[1], self.noise_level_ * factor)
+        rho = self.noise_correlation_
+        var = self.noise_level_ * factor * np.concatenate(
+            [_quadratic_noise(U, rho) for U in bases if U.shape[1]])
         choice = filters.select(coords.reshape(v.shape + (-1,)), var, v, tuple(self.sigmas),
                                 axis_scale)
         keep = choice.beta > 0
@@ -718,12 +750,14 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         Rh = filters._dct(Rm, nd).reshape(n, -1)[keep_f] * resp[keep_f, None]
         nv = max(int(v.sum()), 1)
         nu = float((resp[keep_f] ** 2).sum()) / n  # pooled noise variance per unit
+        rho = self.noise_correlation_
         bases = []
         for a, b in self.windows_:
             C = Rh[:, a:b].T.astype(np.float64) @ Rh[:, a:b].astype(np.float64) / nv
-            noise_diag = nu * noise_level * np.clip(
-                1.0 - (self.components_[:, a:b] ** 2).sum(axis=0), 0.0, 1.0)
-            evals, evecs = np.linalg.eigh(C - np.diag(noise_diag))
+            left = np.sqrt(np.clip(1.0 - (self.components_[:, a:b] ** 2).sum(axis=0),
+                                   0.0, 1.0))
+            noise = nu * noise_level * (left[:, None] * _toeplitz(b - a, rho) * left[None])
+            evals, evecs = np.linalg.eigh(C - noise)
             kw = int(min(self.window_components, b - a))
             bases.append(evecs[:, ::-1][:, :kw].copy())
         return bases
@@ -746,13 +780,18 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
     def _coordinate_variance(self, q: int) -> np.ndarray:
         """Noise variance of each coordinate (whitened units: the measured noise level;
         window coordinates live in the remainder, orthogonal to the global components)."""
+        rho = getattr(self, "noise_correlation_", np.zeros(_NOISE_LAGS))
         var = np.full(q, self.noise_level_)
         k = self.n_components_
+        var[:k] = self.noise_level_ * _quadratic_noise(self.components_.T, rho)
         i = k
         for (a, b), U in zip(self.windows_, self.window_bases_, strict=True):
             if U.shape[1]:
                 keep = np.clip(1.0 - (self.components_[:, a:b] ** 2).sum(axis=0), 0, 1)
-                var[i:i + U.shape[1]] = self.noise_level_ * ((U**2) * keep[:, None]).sum(0)
+                # correlated noise: the basis vectors' own noise factor (1 when white)
+                corr = _quadratic_noise(U, rho) / np.maximum((U**2).sum(0), 1e-300)
+                var[i:i + U.shape[1]] = self.noise_level_ * ((U**2) * keep[:, None]).sum(0) \
+                    * corr
                 i += U.shape[1]
         return var
 
