@@ -53,7 +53,16 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from hyperspy_mlspec.arrays.counts import is_unit_gain
+from hyperspy_mlspec.arrays.counts import (
+    NOISE_LAGS,
+    channel_correlation,
+    colour,
+    filter_along,
+    is_unit_gain,
+    noise_power,
+    quadratic_noise,
+    toeplitz,
+)
 from hyperspy_mlspec.spatial import filters
 
 _BASIS_SIGMA = 1.5  # pixels: pooling of the map the global basis is found on
@@ -61,8 +70,6 @@ _MIN_POOLED_SIDE = 32  # smaller grids find their basis unpooled (pooling blurs 
 #                        pixels they have; measured on a 10-pixel real line scan)
 _WINDOW_SIGMA = 4.0  # pixels: pooling of the remainder the window bases are found on
 _SIGNIFICANCE = 2.0  # eigenvalues must exceed this multiple of the pooled-noise edge
-_NOISE_LAGS = 4  # channels over which the noise's correlation along energy is measured
-_CORRELATED = 0.05  # |correlation| of neighbouring channels' noise above which it is used
 _MIN_HONEST_SIDE = 8  # grids with fewer pixels along every axis skip the split-half tests
 
 
@@ -129,84 +136,6 @@ def _blend_weights(windows: list[tuple[int, int]], n_channels: int) -> list[np.n
     for (a, b), w in zip(windows, raw, strict=True):
         total[a:b] += w
     return [w / np.maximum(total[a:b], 1e-12) for (a, b), w in zip(windows, raw, strict=True)]
-
-
-def _channel_correlation(R: np.ndarray, V: np.ndarray) -> np.ndarray:
-    """Correlation of the noise between channels 1 to ``_NOISE_LAGS`` apart, from rows
-    ``R = (I - V V') noise`` (the residual after projecting out the orthonormal columns of
-    ``V``, which also removes part of the noise's correlation: the lag covariances of the
-    residual are linear in those of the noise, and that system is solved). Zeros when it
-    is negligible (below ``_CORRELATED`` at every lag)."""
-    D = R.shape[1]
-    rho = np.zeros(_NOISE_LAGS)
-    if D <= 4 * _NOISE_LAGS or float(np.mean(R * R)) <= 0:
-        return rho
-    L = _NOISE_LAGS
-    emp = np.array([float(np.mean(R[:, : D - lag] * R[:, lag:])) * (D - lag) / D
-                    for lag in range(L + 1)])  # sum over channels of R_c R_{c+l}, per row
-    A = np.zeros((L + 1, L + 1))
-    for m in range(L + 1):
-        # (I - P) E_m (I - P) with E_m the symmetric lag-m band, P = V V'
-        E = np.eye(D, k=m) + (np.eye(D, k=-m) if m else 0.0)
-        Q = E - V @ (V.T @ E)
-        Q = Q - (Q @ V) @ V.T
-        for lag in range(L + 1):
-            A[lag, m] = np.trace(Q, offset=lag) / D
-    try:
-        x = np.linalg.solve(A, emp)
-    except np.linalg.LinAlgError:
-        return rho
-    if not x[0] > 0:
-        return rho
-    rho = np.clip(x[1:] / x[0], -0.5, 0.95)
-    return rho if np.abs(rho).max() > _CORRELATED else np.zeros(L)
-
-
-def _noise_power(n: int, rho: np.ndarray) -> np.ndarray:
-    """Power spectrum (mean 1) along ``n`` channels of noise with correlations ``rho``."""
-    w = 2.0 * np.pi * np.arange(n // 2 + 1) / n
-    lags = np.arange(1, len(rho) + 1)
-    p = 1.0 + 2.0 * (np.cos(np.outer(w, lags)) @ np.asarray(rho, dtype=np.float64))
-    return np.maximum(p, 0.02)
-
-
-def _colour(z: np.ndarray, rho: np.ndarray) -> np.ndarray:
-    """White unit noise ``z`` (last axis: channels) given the correlations ``rho``."""
-    n = z.shape[-1]
-    gain = np.sqrt(_noise_power(n, rho)).astype(np.float32)
-    return np.fft.irfft(np.fft.rfft(z, axis=-1) * gain, n, axis=-1).astype(np.float32)
-
-
-def _filter_along(V: np.ndarray, rho: np.ndarray, power: float) -> np.ndarray:
-    """Columns of ``V`` (channels first) filtered by the noise power spectrum to ``power``
-    (-1/2 decorrelates noise of correlations ``rho``, +1/2 undoes it); edges mirrored."""
-    D = V.shape[0]
-    pad = min(D - 1, 8 * _NOISE_LAGS)
-    ext = np.concatenate([V[pad:0:-1], V, V[-2:-pad - 2:-1]], axis=0)
-    n = ext.shape[0]
-    gain = _noise_power(n, rho) ** power
-    out = np.fft.irfft(np.fft.rfft(ext, axis=0) * gain[:, None], n, axis=0)
-    return out[pad:pad + D]
-
-
-def _toeplitz(n: int, rho: np.ndarray) -> np.ndarray:
-    """``(n, n)`` correlation matrix along energy of noise with correlations ``rho``."""
-    T = np.eye(n)
-    for lag, r in enumerate(rho, start=1):
-        if r and lag < n:
-            T += r * (np.eye(n, k=lag) + np.eye(n, k=-lag))
-    return T
-
-
-def _quadratic_noise(V: np.ndarray, rho: np.ndarray) -> np.ndarray:
-    """``v' T v`` for every column ``v`` of ``V`` (``T``: the noise correlation matrix
-    along energy, 1 on the diagonal): the noise variance along each direction, per unit
-    noise level."""
-    out = (V * V).sum(axis=0)
-    for lag, r in enumerate(rho, start=1):
-        if r and lag < len(V):
-            out = out + 2.0 * r * (V[:-lag] * V[lag:]).sum(axis=0)
-    return out
 
 
 class SpatialDenoiser(TransformerMixin, BaseEstimator):
@@ -486,7 +415,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         # checkerboard test (small maps, where the edge is very high), whichever is more
         # correlated noise: the pooled noise's eigenvalues reach the largest value of its
         # power spectrum along energy times the white edge
-        edge *= float(_noise_power(D, self.noise_correlation_).max())
+        edge *= float(noise_power(D, self.noise_correlation_).max())
         k_edge = int((evals[:K] > _SIGNIFICANCE * edge * noise_level).sum())
         k = int(np.clip(max(k_edge, self.__dict__.pop("_n_significant", 0)), 1, K))
         halves = None
@@ -545,14 +474,14 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         level = float(np.median((R.astype(np.float64) ** 2).mean(axis=0)))
         frac = float(np.median(1.0 - (V.astype(np.float64) ** 2).sum(axis=1)))
         level = max(level / max(frac, 1e-6), 1e-12)
-        self.noise_correlation_ = _channel_correlation(R.astype(np.float64),
+        self.noise_correlation_ = channel_correlation(R.astype(np.float64),
                                                        V.astype(np.float64))
         # honest significance of the leading components: their variance on pixels they were
         # not found on must exceed the noise's along them (by 3 standard errors); noise
         # correlated between channels (a detector's point-spread function) is stronger
         # along smooth directions
         var_w = (Zw.astype(np.float64) ** 2).mean(axis=0)
-        noise_w = level * _quadratic_noise(V.astype(np.float64), self.noise_correlation_)
+        noise_w = level * quadratic_noise(V.astype(np.float64), self.noise_correlation_)
         se = noise_w * math.sqrt(2.0 / max(len(Zw), 1))
         significant = var_w > noise_w + 3.0 * se
         self._n_significant = int(np.argmin(significant)) if not significant.all() else k
@@ -578,7 +507,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         V1 = _leading_eigh(cov, K)[1].astype(np.float32)
         Z2 = (self._whiten(x2, g, v).reshape(n, D) @ V1).astype(np.float64)
         Z2[~vf] = 0.0
-        var = self.noise_level_ * factor * _quadratic_noise(V1.astype(np.float64),
+        var = self.noise_level_ * factor * quadratic_noise(V1.astype(np.float64),
                                                             self.noise_correlation_)
         choice = filters.select(Z2.reshape(nav + (-1,)), var, v, tuple(self.sigmas),
                                 axis_scale)
@@ -613,11 +542,11 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
             return V
         windows = _windows(D, width)  # all of length ``width``: one call filters them all
         Vd = V.astype(np.float64)
-        rho = getattr(self, "noise_correlation_", np.zeros(_NOISE_LAGS))
+        rho = getattr(self, "noise_correlation_", np.zeros(NOISE_LAGS))
         if np.any(rho):
             # the blind spot is one channel: filter where the noise is white (decorrelated
             # along energy), then correlate the result back
-            Vd = _filter_along(Vd, rho, -0.5)
+            Vd = filter_along(Vd, rho, -0.5)
         segs = np.concatenate([Vd[a:b] for a, b in windows], axis=1)  # (width, n_win * k)
         var_all = np.tile(np.asarray(var, dtype=np.float64), len(windows))
         choice = filters.select(segs, var_all, None, tuple(self.sigmas), (1.0,))
@@ -625,7 +554,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         out = np.zeros((D, k))
         for i, ((a, b), w) in enumerate(zip(windows, _blend_weights(windows, D), strict=True)):
             out[a:b] += smooth[:, i * k:(i + 1) * k] * w[:, None]
-        return _filter_along(out, rho, 0.5) if np.any(rho) else out
+        return filter_along(out, rho, 0.5) if np.any(rho) else out
 
     def _width(self, D: int) -> int:
         if self.window_width == "auto":
@@ -667,7 +596,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
             # noise correlated between channels: no split of the counts gives independent
             # halves; recorrupted pairs X +- n' with n' of the measured variance and
             # correlation do (cov(N + n', N - n') = 0)
-            z = _colour(rng.standard_normal(X.shape, dtype=np.float32), rho)
+            z = colour(rng.standard_normal(X.shape, dtype=np.float32), rho)
             if self.noise_ == "poisson":
                 scale = np.sqrt(np.float32(self.gain_) * np.maximum(X, 0).astype(np.float32))
             else:
@@ -725,7 +654,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         coords[~v.reshape(-1)] = 0.0
         rho = self.noise_correlation_
         var = self.noise_level_ * factor * np.concatenate(
-            [_quadratic_noise(U, rho) for U in bases if U.shape[1]])
+            [quadratic_noise(U, rho) for U in bases if U.shape[1]])
         choice = filters.select(coords.reshape(v.shape + (-1,)), var, v, tuple(self.sigmas),
                                 axis_scale)
         keep = choice.beta > 0
@@ -756,7 +685,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
             C = Rh[:, a:b].T.astype(np.float64) @ Rh[:, a:b].astype(np.float64) / nv
             left = np.sqrt(np.clip(1.0 - (self.components_[:, a:b] ** 2).sum(axis=0),
                                    0.0, 1.0))
-            noise = nu * noise_level * (left[:, None] * _toeplitz(b - a, rho) * left[None])
+            noise = nu * noise_level * (left[:, None] * toeplitz(b - a, rho) * left[None])
             evals, evecs = np.linalg.eigh(C - noise)
             kw = int(min(self.window_components, b - a))
             bases.append(evecs[:, ::-1][:, :kw].copy())
@@ -780,16 +709,16 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
     def _coordinate_variance(self, q: int) -> np.ndarray:
         """Noise variance of each coordinate (whitened units: the measured noise level;
         window coordinates live in the remainder, orthogonal to the global components)."""
-        rho = getattr(self, "noise_correlation_", np.zeros(_NOISE_LAGS))
+        rho = getattr(self, "noise_correlation_", np.zeros(NOISE_LAGS))
         var = np.full(q, self.noise_level_)
         k = self.n_components_
-        var[:k] = self.noise_level_ * _quadratic_noise(self.components_.T, rho)
+        var[:k] = self.noise_level_ * quadratic_noise(self.components_.T, rho)
         i = k
         for (a, b), U in zip(self.windows_, self.window_bases_, strict=True):
             if U.shape[1]:
                 keep = np.clip(1.0 - (self.components_[:, a:b] ** 2).sum(axis=0), 0, 1)
                 # correlated noise: the basis vectors' own noise factor (1 when white)
-                corr = _quadratic_noise(U, rho) / np.maximum((U**2).sum(0), 1e-300)
+                corr = quadratic_noise(U, rho) / np.maximum((U**2).sum(0), 1e-300)
                 var[i:i + U.shape[1]] = self.noise_level_ * ((U**2) * keep[:, None]).sum(0) \
                     * corr
                 i += U.shape[1]
