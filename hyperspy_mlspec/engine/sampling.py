@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hyperspy_mlspec.arrays.counts import is_unit_gain
+from hyperspy_mlspec.arrays.counts import is_unit_gain, noise_power
 
 _EXACT_BELOW = 64
 
@@ -66,13 +66,18 @@ def binomial_half(counts: torch.Tensor, generator: torch.Generator | None = None
 
 
 def split_counts(counts: torch.Tensor, gain: float | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None,
+                 correlation: np.ndarray | None = None) -> torch.Tensor:
     """One Poisson half of counts in the data's units (``counts - a`` is the other half).
 
     Unit-gain counts (``gain`` None or within 10 % of 1): :func:`binomial_half`. Raw counts
     with a detector gain ``g`` (variance ``g`` x counts): the electrons ``counts / g``
     (rounded) are halved and the half returned times ``g``; halves of the detector's
-    units would share most of their noise.
+    units would share most of their noise. Noise correlated between channels
+    (``correlation``, see :func:`~hyperspy_mlspec.arrays.counts.noise_statistics`): no
+    split of the counts gives independent halves; the half is then ``(x + n') / 2`` with
+    ``n'`` Gaussian of the noise's variance and correlation (a recorrupted pair, clipped
+    to ``[0, x]``).
 
     Parameters
     ----------
@@ -96,6 +101,15 @@ def split_counts(counts: torch.Tensor, gain: float | None = None,
     >>> abs(float(((a - a.mean()) * (x - a - (x - a).mean())).mean())) < 0.5
     True
     """
+    if correlation is not None and np.any(correlation):
+        x = counts.detach().clamp_min(0)
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu")
+        n = x.shape[-1]
+        shape = torch.as_tensor(np.sqrt(noise_power(n, np.asarray(correlation))),
+                                dtype=x.dtype)
+        z = torch.fft.irfft(torch.fft.rfft(z, dim=-1) * shape, n, dim=-1).to(x.device)
+        g = 1.0 if gain is None else float(gain)
+        return torch.minimum((0.5 * (x + (g * x).sqrt() * z)).clamp_min(0), x)
     if is_unit_gain(gain):
         return binomial_half(counts, generator)
     g = float(gain)

@@ -8,7 +8,13 @@ from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from hyperspy_mlspec._docs import N_COMPONENTS
-from hyperspy_mlspec.arrays.counts import MIN_GAIN_ROWS, count_gain, is_unit_gain
+from hyperspy_mlspec.arrays.counts import (
+    MIN_GAIN_ROWS,
+    NOISE_LAGS,
+    count_gain,
+    is_unit_gain,
+    noise_statistics,
+)
 from hyperspy_mlspec.engine.losses import gaussian_loss, poisson_deviance, poisson_deviance_exp
 from hyperspy_mlspec.engine.parallel import map_batches
 from hyperspy_mlspec.engine.sampling import split_counts
@@ -191,6 +197,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
                                      clip_negative=pca and self.nonnegative_)
         # the noise level of the normalised counts shrinks the PCA start's components
         module.noise_var = getattr(self, "_noise_var", None)
+        module.noise_rho = getattr(self, "_noise_rho", None)
         return module
 
     def _step_loss(self):
@@ -201,6 +208,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         c = torch.as_tensor(norm.channel_scale, device=self.device_)
         split = getattr(self, "_counts", False)
         gain = getattr(self, "_gain", None)  # raw counts: halves split electrons
+        rho = getattr(self, "_noise_rho", None)
         fused = poisson and module.nonnegative and not module.linear_decoder
 
         def step(x: torch.Tensor, training: bool) -> torch.Tensor:
@@ -209,7 +217,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
                 # half (doubled) and score against the other, whose noise is independent;
                 # the reconstruction of x scored against x itself keeps improving as the
                 # network learns to pass noise, this does not (see the class notes)
-                a = split_counts(x, gain)
+                a = split_counts(x, gain, correlation=rho)
                 x2 = 2.0 * a
                 rate, _, mu, logvar = module.rates(x2, norm.row_scale(x2), c)
                 return poisson_deviance(0.5 * rate, x - a)
@@ -221,7 +229,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
                 rate, _, mu, logvar = module.rates(x, norm.row_scale(x), c, sample=training)
                 loss = poisson_deviance(rate, x)
             elif split and not training:  # the binomial split of the Gaussian loss
-                a = split_counts(x, gain)
+                a = split_counts(x, gain, correlation=rho)
                 x2 = 2.0 * a
                 rate, _, mu, logvar = module.rates(x2, norm.row_scale(x2), c)
                 m = norm.multiplier(norm.row_scale(x))
@@ -250,11 +258,19 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         self._init_sample = sample  # the PCA candidate of init="auto" (dropped after fit)
         self._noise_var = None
         self._gain = None
+        self._noise_rho = np.zeros(NOISE_LAGS)
         if self._counts and len(sample):
             # raw counts may carry a detector gain g (variance g x counts): it scales the
-            # noise level and the held-out halves must split electrons
-            g = count_gain(sample) if len(sample) >= MIN_GAIN_ROWS else None
-            self._gain = None if is_unit_gain(g) else g
+            # noise level and the held-out halves must split electrons; a detector's
+            # point-spread function correlates channels (then measured on held-out rows,
+            # the channel differences of count_gain misread it)
+            g = None
+            if len(sample) >= MIN_GAIN_ROWS:
+                g = count_gain(sample)
+                held, self._noise_rho = noise_statistics(sample)
+                if np.any(self._noise_rho):
+                    g = held
+            self._gain = None if is_unit_gain(g) and not np.any(self._noise_rho) else g
             # Poisson: var(x) = g E[x], so var(x / m) is estimated without bias by g x / m^2
             x = torch.as_tensor(sample, dtype=torch.float64)
             m = self.normalizer_.multiplier(self.normalizer_.row_scale(x))
@@ -333,12 +349,13 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
         norm = self.normalizer_
         c = torch.as_tensor(norm.channel_scale, device=self.device_)
         gain = getattr(self, "_gain", None)
+        rho = getattr(self, "_noise_rho", None)
         total, n = 0.0, 0
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(12345)
             for batch in source.batches(4096, split="val"):
                 x = torch.as_tensor(np.asarray(batch, np.float32), device=self.device_)
-                a = split_counts(x, gain)
+                a = split_counts(x, gain, correlation=rho)
                 x2 = 2.0 * a
                 rate = module.rates(x2, norm.row_scale(x2), c)[0]
                 m = norm.multiplier(norm.row_scale(x))

@@ -20,9 +20,12 @@ Design choices that the estimators rely on:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from hyperspy_mlspec.arrays.counts import quadratic_noise
 
 _INIT_ROWS = 4096  # rows of the k-means initialisation
 
@@ -325,7 +328,8 @@ class SpectralAutoencoder(nn.Module):
         if len(x) == 0:
             return
         if self.skip is not None:
-            self.init_from_pca(x, getattr(self, "noise_var", None))
+            self.init_from_pca(x, getattr(self, "noise_var", None),
+                               noise_correlation=getattr(self, "noise_rho", None))
             return
         x = x[:_INIT_ROWS]  # a random sample already: k-means centres need no more
         if not self.linear_decoder:
@@ -359,7 +363,7 @@ class SpectralAutoencoder(nn.Module):
 
     @torch.no_grad()
     def init_from_pca(self, x: torch.Tensor, noise_var: float | None = None,
-                      freeze: bool = True) -> torch.Tensor:
+                      freeze: bool = True, noise_correlation=None) -> torch.Tensor:
         """Start at the truncated SVD of ``x`` (normalised spectra, Poisson-weighted
         for counts; no centring, as HyperSpy's PCA): the skip projects on the first
         components, the decoder's linear part is them, the MLP paths start at zero, so the
@@ -370,8 +374,11 @@ class SpectralAutoencoder(nn.Module):
         (2017) for its singular value: components at the noise level are dropped, strong
         ones barely touched, so the start is at least as good as the plain truncation
         when the noise is white in these units (as Poisson noise is after the Keenan-Kotula
-        weighting). ``freeze`` keeps the linear path fixed while training fits the
-        nonlinear corrections. Returns the shrinkage factors."""
+        weighting). With ``noise_correlation`` (correlation of the noise between channels
+        1, 2, ... apart, a detector's point-spread function) each component's noise is
+        that of the correlated noise along it (stronger along smooth components).
+        ``freeze`` keeps the linear path fixed while training fits the nonlinear
+        corrections. Returns the shrinkage factors."""
         if self.skip is None:
             raise ValueError("init_from_pca needs linear_path=True")
         k = self.out.weight.shape[1]
@@ -385,7 +392,14 @@ class SpectralAutoencoder(nn.Module):
         v = torch.cat([v[:, :r].T, v.new_zeros(k - r, v.shape[0])])  # (k, C)
         w = torch.ones(k, dtype=x.dtype, device=x.device)
         if noise_var is not None and noise_var > 0:
-            w[:r] = optimal_shrinkage(sv[:r], x.shape, noise_var).to(x.dtype)
+            if r and noise_correlation is not None and np.any(noise_correlation):
+                along = quadratic_noise(v[:r].T.double().cpu().numpy(),
+                                        np.asarray(noise_correlation))
+                w[:r] = torch.stack([optimal_shrinkage(sv[i:i + 1], x.shape,
+                                                       noise_var * float(along[i]))[0]
+                                     for i in range(r)]).to(x.dtype)
+            else:
+                w[:r] = optimal_shrinkage(sv[:r], x.shape, noise_var).to(x.dtype)
         for head in (self.mu, *(() if self.logvar is None else (self.logvar,))):
             head.weight.zero_()
             head.bias.zero_()
