@@ -94,9 +94,15 @@ def self_weight_1d(n: int, sigma: float, start: int = 0, length: int | None = No
         return np.full(length, 1.0 / n)
     k = kernel_1d(sigma)
     radius = len(k) // 2
-    out = np.zeros(length)
-    for m, w in zip(range(-radius, radius + 1), k, strict=True):
-        out += w * (_reflect(i + m, n) == i)
+    # k_0 in the interior; within a radius of a border the mirrored taps that land on the
+    # sample itself add (all taps at once, border samples only)
+    out = np.full(length, k[radius])
+    border = (i < radius) | (i >= n - radius)
+    if border.any():
+        ib = i[border]
+        taps = np.arange(-radius, radius + 1)
+        hits = _reflect(ib[None, :] + taps[:, None], n) == ib[None, :]
+        out[border] = (k[:, None] * hits).sum(axis=0)
     return out
 
 
