@@ -43,7 +43,14 @@ import torch
 from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from hyperspy_mlspec.arrays.counts import MIN_GAIN_ROWS, count_gain, is_unit_gain
+from hyperspy_mlspec.arrays.counts import (
+    MIN_GAIN_ROWS,
+    NOISE_LAGS,
+    colour,
+    count_gain,
+    is_unit_gain,
+    noise_statistics,
+)
 from hyperspy_mlspec.engine import Normalizer
 from hyperspy_mlspec.engine.losses import (
     gaussian_loss,
@@ -91,7 +98,7 @@ def _shape_weights(clean: np.ndarray) -> np.ndarray:
     return (w / w.mean()).astype(np.float32)
 
 
-def _halves(x: torch.Tensor, k: int, seed: int, gain: float = 1.0):
+def _halves(x: torch.Tensor, k: int, seed: int, gain: float = 1.0, correlation=None):
     """``k`` binomial halves ``~ Binomial(x, 1/2)`` of each count spectrum, for inference
     (of the electrons ``x / gain``, returned in the data's units).
 
@@ -99,10 +106,21 @@ def _halves(x: torch.Tensor, k: int, seed: int, gain: float = 1.0):
     data, any chunking, must give the same result), so every spectrum uses the same
     standard normal numbers ``z[i, channel]`` (seeded) and the half is the rounded normal
     approximation ``round(x/2 + sqrt(x)/2 z)`` clipped to ``[0, x]``: right mean and variance,
-    and within 0.01 of the exact binomial probabilities already for 1-3 counts.
+    and within 0.01 of the exact binomial probabilities already for 1-3 counts. With noise
+    correlated between channels (``correlation``) the halves are recorrupted pairs
+    ``(x + sqrt(gain x) z') / 2``, ``z'`` of that correlation (as in training,
+    :func:`~hyperspy_mlspec.engine.sampling.split_counts`).
     """
     gen = torch.Generator(device=x.device).manual_seed(seed)
     z = torch.randn(k, x.shape[1], generator=gen, device=x.device, dtype=x.dtype)
+    if correlation is not None and np.any(correlation):
+        z = torch.as_tensor(colour(z.cpu().numpy(), np.asarray(correlation)),
+                            dtype=x.dtype, device=x.device)
+        xc = x.clamp_min(0)
+        root = (gain * xc).sqrt()
+        for i in range(k):
+            yield torch.minimum((0.5 * (xc + root * z[i])).clamp_min(0), xc)
+        return
     counts = (x.clamp_min(0) / gain).round()
     root = counts.sqrt()
     for i in range(k):
@@ -195,6 +213,10 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
     count_gain_ : float
         Detector gain of the counts (data units per electron, measured; 1 for plain
         counts): ``"poisson-split"`` halves split electrons.
+    noise_correlation_ : ndarray
+        Measured correlation of the noise between channels 1-4 apart (a detector's
+        point-spread function; zeros when negligible): the halves are then recorrupted
+        pairs with noise of that correlation.
     history_ : list of dict
         Loss per epoch.
     module_ : torch.nn.Module
@@ -302,9 +324,16 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
                     "least a few counts per spectrum.")
         # raw counts may carry a detector gain (variance = gain x counts): the halves must
         # split electrons, or they share most of their noise and the network learns it
-        g = (count_gain(sample) if self.noise == "poisson-split"
-             and len(sample) >= MIN_GAIN_ROWS else None)
-        self.count_gain_ = 1.0 if is_unit_gain(g) else float(g)
+        # (and a point-spread function correlates channels: halves are then recorrupted
+        # pairs, and the gain is measured on held-out rows, which channel differences misread)
+        g, rho = None, np.zeros(NOISE_LAGS)
+        if self.noise == "poisson-split" and len(sample) >= MIN_GAIN_ROWS:
+            g = count_gain(sample)
+            held, rho = noise_statistics(sample)
+            if np.any(rho):
+                g = held
+        self.noise_correlation_ = np.asarray(rho, dtype=np.float64)
+        self.count_gain_ = 1.0 if is_unit_gain(g) and not np.any(rho) else float(g)
         if self.noise == "supervised" and self.dose is not None and sample.min() < 0:
             raise ValueError(
                 "noise='supervised' with a dose simulates Poisson counts from the clean "
@@ -393,6 +422,10 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
             pred = pred * (total.clamp_min(0) / pred.sum(1, keepdim=True).clamp_min(1e-12))
         return pred
 
+    def _inference_halves(self, x: torch.Tensor, k: int, seed: int):
+        return _halves(x, k, seed, gain=float(getattr(self, "count_gain_", 1.0)),
+                       correlation=getattr(self, "noise_correlation_", None))
+
     def _denoise_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: for ``poisson-split`` the average prediction from ``inference_splits``
         binomial halves of ``x`` (the inputs the network was trained on), kept at the total
@@ -402,7 +435,7 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
             return self._predict(x)
         total = x.sum(1, keepdim=True)
         out = torch.zeros_like(x)
-        for half in _halves(x, k, seed=0, gain=float(getattr(self, "count_gain_", 1.0))):
+        for half in self._inference_halves(x, k, seed=0):
             out += self._predict(half, total=total)
         return out / k
 
@@ -436,12 +469,13 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
             return None if training else val_gen.manual_seed(12345)
 
         gain = getattr(self, "count_gain_", 1.0)
+        rho = getattr(self, "noise_correlation_", None)
 
         def split_step(x: torch.Tensor, training: bool) -> torch.Tensor:
             x = x.round()
             # exact Binomial(x, 1/2), 4-5x faster than torch.binomial on a CPU (engine.sampling);
             # raw counts with a detector gain are split in electrons
-            a = split_counts(x, gain, generator=generator(training))
+            a = split_counts(x, gain, generator=generator(training), correlation=rho)
             full = self._predict(a, total=x.sum(1, keepdim=True))
             return poisson_deviance(0.5 * full, x - a)
 
@@ -548,7 +582,7 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
     def _uncertainty_tensor(self, x: torch.Tensor, n_resamples: int,
                             random_state: int) -> torch.Tensor:
         draws = torch.stack([2.0 * self._predict(half) for half in
-                             _halves(x, n_resamples, seed=random_state)])
+                             self._inference_halves(x, n_resamples, seed=random_state)])
         return draws.std(0)
 
     # -- persistence ------------------------------------------------------------------------
@@ -561,13 +595,17 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
     def _fitted_config(self) -> dict:
         return {**super()._fitted_config(), "sizes_": self.sizes_,
                 "conserves_counts_": bool(self.conserves_counts_),
-                "count_gain_": float(getattr(self, "count_gain_", 1.0))}
+                "count_gain_": float(getattr(self, "count_gain_", 1.0)),
+                "noise_correlation_": [float(r) for r in
+                                       getattr(self, "noise_correlation_", np.zeros(0))]}
 
     def _restore(self, config, arrays, weights) -> None:
         self._restored_sizes = config["sizes_"]
         super()._restore(config, arrays, weights)
         self.conserves_counts_ = config["conserves_counts_"]
         self.count_gain_ = float(config.get("count_gain_", 1.0))  # files of older versions: 1
+        self.noise_correlation_ = np.asarray(config.get("noise_correlation_", [0.0] * NOISE_LAGS),
+                                             dtype=np.float64)
         if "channel_weights_" in arrays:
             self.channel_weights_ = np.asarray(arrays["channel_weights_"], dtype=np.float32)
 
