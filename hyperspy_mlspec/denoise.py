@@ -601,12 +601,12 @@ def spatial_denoise_array(data, valid: np.ndarray, axis_scale, align: str = "aut
         est_params = dict(params)
         if shift is not None and est_params.get("noise", "auto") == "auto":
             # decide on the data as measured (edge channels repeat when re-indexed)
-            from hyperspy_mlspec.spatial.denoiser import _looks_like_counts
+            from hyperspy_mlspec.spatial.denoiser import auto_noise
 
             X0 = np.asarray(data)[valid]
             X0 = X0[:: max(1, len(X0) // 2000)]
             X0 = X0[np.isfinite(X0).all(axis=-1)]
-            est_params["noise"] = "poisson" if _looks_like_counts(X0) else "gaussian"
+            est_params["noise"] = auto_noise(X0)[0]
         den = SpatialDenoiser(axis_scale=axis_scale, **est_params)
         if shift is not None:
             # the model is fitted on the map aligned by whole channels (re-indexing keeps

@@ -243,3 +243,73 @@ def noise_statistics(sample: np.ndarray, n_components: int = 8) -> tuple[float, 
     frac = np.maximum(frac, 1e-6)
     gain = float(np.median((r**2).mean(axis=0) / frac / (1.0 + 1.0 / len(a))))
     return gain, rho
+
+
+def photon_transfer(sample: np.ndarray, n_components: int = 8) -> tuple[float, float]:
+    """Noise variance of count-like data as an affine function of the mean,
+    ``var = g h + c`` (a photon-transfer curve): the variance of each channel measured on
+    held-out spectra (as in :func:`noise_statistics`) fitted against the channel's mean,
+    weighted by ``1 / h``. Poisson counts with a gain: ``(g, 0)``; read noise adds a
+    positive ``c``, a pedestal ``b`` (dark level) a negative ``c = -g b``.
+
+    Parameters
+    ----------
+    sample
+        ``(n_spectra, n_channels)`` spectra (a few hundred or more).
+    n_components
+        Components of the structure removed before measuring.
+
+    Returns
+    -------
+    g, c
+        ``(0, 0)`` when there are too few spectra or channels.
+    """
+    from sklearn.utils.extmath import randomized_svd
+
+    x = np.asarray(sample, dtype=np.float64)
+    x = x[np.isfinite(x).all(axis=1)][:_NOISE_ROWS]
+    a, b = x[0::2], x[1::2]
+    k = int(min(n_components, len(a) - 2, x.shape[1] - 1))
+    if k < 1 or len(b) < 2 or x.shape[1] < 4:
+        return 0.0, 0.0
+    mu = a.mean(axis=0)
+    vt = randomized_svd(a - mu, k, n_iter=4, random_state=0)[2]
+    r = (b - mu) - ((b - mu) @ vt.T) @ vt
+    frac = np.maximum(1.0 - (vt**2).sum(axis=0), 1e-6)
+    var = (r**2).mean(axis=0) / frac / (1.0 + 1.0 / len(a))
+    h = np.maximum(x.mean(axis=0), 1e-12 * max(float(x.mean()), 1e-300))
+    w = np.sqrt(1.0 / h)
+    (g, c), *_ = np.linalg.lstsq(np.stack([h, np.ones_like(h)], axis=1) * w[:, None],
+                                 var * w, rcond=None)
+    return float(g), float(c)
+
+
+def count_offset(sample: np.ndarray, n_components: int = 8) -> float:
+    """Pedestal of count-like data (data units): raw detector counts sometimes carry a
+    constant offset (a dark level), so their noise variance is ``g (x - b)``, not ``g x``.
+
+    From :func:`photon_transfer`, ``var = g h + c``: the pedestal is ``b = -c / g``. Read
+    noise adds a positive ``c`` and lowers ``b`` (a negative ``b`` means read noise).
+
+    Parameters
+    ----------
+    sample
+        ``(n_spectra, n_channels)`` non-negative spectra (a few hundred or more).
+    n_components
+        Components of the structure removed before measuring.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> mean = 20 * np.exp(-np.linspace(0, 3, 128))
+    >>> x = 3 * rng.poisson(mean * rng.uniform(0.5, 1.5, (2000, 1))) + 100.0
+    >>> round(count_offset(x) / 100, 1)   # the pedestal, in data units
+    1.0
+    """
+    g, c = photon_transfer(sample, n_components)
+    return float(-c / g) if g > 0 else 0.0

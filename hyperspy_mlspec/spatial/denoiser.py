@@ -54,12 +54,15 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from hyperspy_mlspec.arrays.counts import (
+    MIN_GAIN_ROWS,
     NOISE_LAGS,
     channel_correlation,
     colour,
+    count_offset,
     filter_along,
     is_unit_gain,
     noise_power,
+    photon_transfer,
     quadratic_noise,
     toeplitz,
 )
@@ -70,6 +73,7 @@ _MIN_POOLED_SIDE = 32  # smaller grids find their basis unpooled (pooling blurs 
 #                        pixels they have; measured on a 10-pixel real line scan)
 _WINDOW_SIGMA = 4.0  # pixels: pooling of the remainder the window bases are found on
 _SIGNIFICANCE = 2.0  # eigenvalues must exceed this multiple of the pooled-noise edge
+_PEDESTAL = 0.3  # a count offset above this fraction of the median count: Gaussian model
 _MIN_HONEST_SIDE = 8  # grids with fewer pixels along every axis skip the split-half tests
 
 
@@ -80,6 +84,23 @@ def _is_dask(x: Any) -> bool:
 def _looks_like_counts(sample: np.ndarray) -> bool:
     return bool(sample.size and sample.min() >= 0 and sample.max() > 0 and
                 np.allclose(sample, np.round(sample), atol=1e-3))
+
+
+def auto_noise(sample: np.ndarray) -> tuple[str, float]:
+    """The noise model ``noise="auto"`` picks for spectra like ``sample`` (rows), and the
+    measured pedestal of count data (0 when not measured): ``"poisson"`` for non-negative
+    integer counts, unless they sit on a pedestal (a dark level) above 30 % of the median
+    count, whose variance ``g (x - b)`` Poisson whitening and splitting would get wrong;
+    ``"gaussian"`` (noise measured per channel) otherwise."""
+    sample = np.asarray(sample)
+    if not _looks_like_counts(sample):
+        return "gaussian", 0.0
+    if len(sample) < MIN_GAIN_ROWS:
+        return "poisson", 0.0
+    offset = count_offset(sample)
+    if offset > _PEDESTAL * float(np.median(sample.mean(axis=0))):
+        return "gaussian", offset
+    return "poisson", offset
 
 
 def _kernel_square_sum(sigma: float, axis_scale: Sequence[float]) -> float:
@@ -150,7 +171,9 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     noise
-        ``"auto"`` (``"poisson"`` for non-negative integer counts, else ``"gaussian"``),
+        ``"auto"`` (``"poisson"`` for non-negative integer counts, unless they sit on a
+        pedestal (:func:`~hyperspy_mlspec.arrays.counts.count_offset`), else
+        ``"gaussian"``),
         ``"poisson"`` (counts, possibly scaled by a detector gain, which is measured) or
         ``"gaussian"`` (any data: a noise level per channel, measured from differences of
         neighbouring pixels).
@@ -190,6 +213,9 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         Noise model used.
     gain_ : float
         Measured noise variance relative to Poisson (``"poisson"``; 1 for pure counts).
+    count_offset_ : float
+        Measured pedestal of count data (``noise="auto"``; data units, 0 when not
+        measured): above 30 % of the median count the Gaussian noise model is used.
     noise_correlation_ : ndarray of shape (4,)
         Measured correlation of the noise between channels 1-4 apart (a detector's
         point-spread function; zeros when negligible). Used for the split-half tests (noise
@@ -363,8 +389,9 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         X = np.where(v[..., None], X, 0.0).astype(np.float32)
         sample = X[v][:: max(1, int(v.sum()) // 2000)]
         noise = self.noise
+        self.count_offset_ = 0.0
         if noise == "auto":
-            noise = "poisson" if _looks_like_counts(sample) else "gaussian"
+            noise, self.count_offset_ = auto_noise(sample)
         if noise == "poisson" and sample.min() < 0:
             raise ValueError("noise='poisson' needs non-negative counts; these data hold "
                              f"negative values (minimum {sample.min():.4g}). Use "
@@ -384,6 +411,14 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         else:
             self.mean_spectrum_ = X.reshape(n, D)[vf].mean(axis=0).astype(np.float64)
             col = self._gaussian_noise_level(X, v)
+            if _looks_like_counts(sample) and len(sample) >= MIN_GAIN_ROWS:
+                # integer data in the Gaussian model (counts on a pedestal, or the user's
+                # choice): differences of discrete values make the median-based level
+                # coarse; the photon-transfer fit, var = g h + c, gives it per channel
+                g_pt, c_pt = photon_transfer(sample)
+                if g_pt > 0:
+                    var = g_pt * self.mean_spectrum_ + c_pt
+                    col = np.sqrt(np.maximum(var, 1e-3 * max(float(np.median(var)), 1e-12)))
         self.column_scale_ = col.astype(np.float64)
         g = self._whitening(X, v, axis_scale)
         Y = X / (g[..., None] * col.astype(np.float32))
