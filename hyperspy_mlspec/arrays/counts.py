@@ -22,6 +22,9 @@ MIN_GAIN_ROWS = 200
 NOISE_LAGS = 4
 #: |correlation| of neighbouring channels' noise above which it is taken into account.
 CORRELATED = 0.05
+#: A count offset (pedestal) above this fraction of the median count changes the noise
+#: model (:func:`count_offset`).
+PEDESTAL = 0.3
 _NOISE_ROWS = 2000  # spectra noise_statistics reads (half fit the structure, half measure)
 
 

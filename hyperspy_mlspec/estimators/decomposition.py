@@ -11,9 +11,11 @@ from hyperspy_mlspec._docs import N_COMPONENTS
 from hyperspy_mlspec.arrays.counts import (
     MIN_GAIN_ROWS,
     NOISE_LAGS,
+    PEDESTAL,
     count_gain,
     is_unit_gain,
     noise_statistics,
+    photon_transfer,
 )
 from hyperspy_mlspec.engine.losses import gaussian_loss, poisson_deviance, poisson_deviance_exp
 from hyperspy_mlspec.engine.parallel import map_batches
@@ -275,6 +277,12 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
             x = torch.as_tensor(sample, dtype=torch.float64)
             m = self.normalizer_.multiplier(self.normalizer_.row_scale(x))
             self._noise_var = float((x / m**2).mean()) * (self._gain or 1.0)
+            if len(sample) >= MIN_GAIN_ROWS:
+                # counts on a pedestal b (a dark level): var(x) = g (x - b) = g x + c with
+                # c = -g b < 0 (photon-transfer fit); the Poisson level would over-shrink
+                g_pt, c_pt = photon_transfer(sample)
+                if g_pt > 0 and -c_pt > PEDESTAL * g_pt * float(np.median(sample.mean(0))):
+                    self._noise_var = float(((g_pt * x + c_pt).clamp_min(0) / m**2).mean())
         if self.init_ == "pca" and self.loss == "auto":
             # the PCA start is the optimum of the Poisson-weighted squared error (HyperSpy's
             # PCA); training on that loss can then only improve on it

@@ -56,6 +56,7 @@ from sklearn.utils.validation import check_is_fitted
 from hyperspy_mlspec.arrays.counts import (
     MIN_GAIN_ROWS,
     NOISE_LAGS,
+    PEDESTAL,
     channel_correlation,
     colour,
     count_offset,
@@ -73,7 +74,6 @@ _MIN_POOLED_SIDE = 32  # smaller grids find their basis unpooled (pooling blurs 
 #                        pixels they have; measured on a 10-pixel real line scan)
 _WINDOW_SIGMA = 4.0  # pixels: pooling of the remainder the window bases are found on
 _SIGNIFICANCE = 2.0  # eigenvalues must exceed this multiple of the pooled-noise edge
-_PEDESTAL = 0.3  # a count offset above this fraction of the median count: Gaussian model
 _MIN_HONEST_SIDE = 8  # grids with fewer pixels along every axis skip the split-half tests
 
 
@@ -98,7 +98,7 @@ def auto_noise(sample: np.ndarray) -> tuple[str, float]:
     if len(sample) < MIN_GAIN_ROWS:
         return "poisson", 0.0
     offset = count_offset(sample)
-    if offset > _PEDESTAL * float(np.median(sample.mean(axis=0))):
+    if offset > PEDESTAL * float(np.median(sample.mean(axis=0))):
         return "gaussian", offset
     return "poisson", offset
 
