@@ -368,3 +368,14 @@ def test_counts_on_a_pedestal_get_the_measured_noise_model():
     err_pca = min(float(np.mean((sig.get_decomposition_model(k).data - clean) ** 2
                                 / (3.0 * mu))) / 3.0 for k in range(1, 9))
     assert err < 0.5 * err_pca, (err, err_pca)
+
+
+def test_shift_estimate_reads_counts_with_a_gain_in_electrons():
+    # the shifts' precisions (how much a pixel trusts its own estimate over its
+    # neighbours') are Poisson ones: data with a detector gain must give the same shifts
+    s = eels_map((40, 50), 162, 10.0, energy_range=(400.0, 1696.0), drift=0.3,
+                 random_state=7)
+    X = s.data.astype(np.float64)
+    plain, gained = estimate_shift(X), estimate_shift(3.0 * X)
+    np.testing.assert_allclose(gained.shift, plain.shift, atol=0.02)
+    np.testing.assert_allclose(gained.uncertainty, plain.uncertainty, rtol=0.05)

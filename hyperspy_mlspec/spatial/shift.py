@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hyperspy_mlspec.arrays.counts import MIN_GAIN_ROWS, count_gain, is_unit_gain
 from hyperspy_mlspec.spatial import filters
 
 _SHIFT_SIGMAS = (0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 11.0, 16.0, math.inf)
@@ -315,6 +316,14 @@ def estimate_shift(X: np.ndarray, valid: np.ndarray | None = None, *,
     n = int(np.prod(nav))
     finite = np.isfinite(X).all(axis=-1)
     v = finite if valid is None else (np.asarray(valid, dtype=bool) & finite)
+    # the Poisson weights (and so the shifts' precisions, which set how much each pixel
+    # trusts its own estimate) are for counts whose variance equals their mean: data with a
+    # detector gain are read in electrons
+    rows = X[v]
+    gain = count_gain(rows[:: max(1, len(rows) // 2000)]) if len(rows) >= MIN_GAIN_ROWS \
+        else None
+    if not is_unit_gain(gain):
+        X = X / gain
     if n <= max_pixels:
         return _estimate(X, v, max_shift=max_shift, n_components=n_components, sigmas=sigmas,
                          axis_scale=axis_scale, n_iter=n_iter, coarse=coarse)
