@@ -188,6 +188,29 @@ def quadratic_noise(V: np.ndarray, rho: np.ndarray) -> np.ndarray:
     return out
 
 
+def _rows_for_noise(sample: np.ndarray) -> np.ndarray:
+    """At most ``_NOISE_ROWS`` finite rows of ``sample`` as float64."""
+    x = np.asarray(sample, dtype=np.float64)
+    return x[np.isfinite(x).all(axis=1)][:_NOISE_ROWS]
+
+
+def _mean_spectrum(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x.mean(axis=0), 1e-12 * max(float(x.mean()), 1e-300))
+
+
+def _held_out_residual(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The odd rows of ``w`` minus the mean and the ``k`` leading components found on the
+    even rows (randomised SVD, seeded: 10x faster than ``eigh``): noise, plus the little
+    structure beyond ``k`` components. Returns ``(residual, components (k, channels))``."""
+    from sklearn.utils.extmath import randomized_svd
+
+    a, b = w[0::2], w[1::2]
+    mu = a.mean(axis=0)
+    vt = (randomized_svd(a - mu, k, n_iter=4, random_state=0)[2] if k
+          else np.zeros((0, w.shape[1])))
+    return (b - mu) - ((b - mu) @ vt.T) @ vt, vt
+
+
 def noise_statistics(sample: np.ndarray, n_components: int = 8) -> tuple[float, np.ndarray]:
     """Noise level per count and its correlation between channels, measured on held-out
     spectra: a mean and ``n_components`` components of the Poisson-scaled spectra (divided
@@ -220,23 +243,13 @@ def noise_statistics(sample: np.ndarray, n_components: int = 8) -> tuple[float, 
     >>> round(gain, 1), [round(float(r), 1) for r in rho[:2]]   # 4 x 0.375; 2/3, 1/6
     (1.5, [0.7, 0.2])
     """
-    from sklearn.utils.extmath import randomized_svd
-
-    x = np.asarray(sample, dtype=np.float64)
-    x = x[np.isfinite(x).all(axis=1)][:_NOISE_ROWS]
-    h = np.maximum(x.mean(axis=0), 1e-12 * max(float(x.mean()), 1e-300))
-    w = x / np.sqrt(h)
-    a, b = w[0::2], w[1::2]
-    D = w.shape[1]
-    k = int(min(n_components, len(a) - 2, D - 1))
-    if k < 0 or len(b) < 2:
+    x = _rows_for_noise(sample)
+    w = x / np.sqrt(_mean_spectrum(x))
+    n_fit = (len(w) + 1) // 2
+    k = int(min(n_components, n_fit - 2, w.shape[1] - 1))
+    if k < 0 or len(w) - n_fit < 2:
         return 1.0, np.zeros(NOISE_LAGS)
-    mu = a.mean(axis=0)
-    c = a - mu
-    vt = np.zeros((0, D))
-    if k:  # leading right singular vectors (randomised, seeded: 10x faster than eigh)
-        vt = randomized_svd(c, k, n_iter=4, random_state=0)[2]
-    r = (b - mu) - ((b - mu) @ vt.T) @ vt
+    r, vt = _held_out_residual(w, k)
     rho = channel_correlation(r, vt.T)
     # fraction of the noise variance of each channel the projection leaves:
     # diag((I - P) T (I - P)), P = V V', T the noise's correlation matrix
@@ -244,7 +257,7 @@ def noise_statistics(sample: np.ndarray, n_components: int = 8) -> tuple[float, 
     tv = toeplitz(w.shape[1], rho) @ v
     frac = 1.0 - 2.0 * (v * tv).sum(axis=1) + ((v @ (v.T @ tv)) * v).sum(axis=1)
     frac = np.maximum(frac, 1e-6)
-    gain = float(np.median((r**2).mean(axis=0) / frac / (1.0 + 1.0 / len(a))))
+    gain = float(np.median((r**2).mean(axis=0) / frac / (1.0 + 1.0 / n_fit)))
     return gain, rho
 
 
@@ -267,20 +280,15 @@ def photon_transfer(sample: np.ndarray, n_components: int = 8) -> tuple[float, f
     g, c
         ``(0, 0)`` when there are too few spectra or channels.
     """
-    from sklearn.utils.extmath import randomized_svd
-
-    x = np.asarray(sample, dtype=np.float64)
-    x = x[np.isfinite(x).all(axis=1)][:_NOISE_ROWS]
-    a, b = x[0::2], x[1::2]
-    k = int(min(n_components, len(a) - 2, x.shape[1] - 1))
-    if k < 1 or len(b) < 2 or x.shape[1] < 4:
+    x = _rows_for_noise(sample)
+    n_fit = (len(x) + 1) // 2
+    k = int(min(n_components, n_fit - 2, x.shape[1] - 1))
+    if k < 1 or len(x) - n_fit < 2 or x.shape[1] < 4:
         return 0.0, 0.0
-    mu = a.mean(axis=0)
-    vt = randomized_svd(a - mu, k, n_iter=4, random_state=0)[2]
-    r = (b - mu) - ((b - mu) @ vt.T) @ vt
+    r, vt = _held_out_residual(x, k)
     frac = np.maximum(1.0 - (vt**2).sum(axis=0), 1e-6)
-    var = (r**2).mean(axis=0) / frac / (1.0 + 1.0 / len(a))
-    h = np.maximum(x.mean(axis=0), 1e-12 * max(float(x.mean()), 1e-300))
+    var = (r**2).mean(axis=0) / frac / (1.0 + 1.0 / n_fit)
+    h = _mean_spectrum(x)
     w = np.sqrt(1.0 / h)
     (g, c), *_ = np.linalg.lstsq(np.stack([h, np.ones_like(h)], axis=1) * w[:, None],
                                  var * w, rcond=None)
@@ -316,3 +324,35 @@ def count_offset(sample: np.ndarray, n_components: int = 8) -> float:
     """
     g, c = photon_transfer(sample, n_components)
     return float(-c / g) if g > 0 else 0.0
+
+
+def on_pedestal(fit: tuple[float, float], sample: np.ndarray) -> bool:
+    """Whether a :func:`photon_transfer` fit ``(g, c)`` of ``sample`` shows a pedestal
+    above ``PEDESTAL`` of the median count (the Poisson noise model then fails)."""
+    g, c = fit
+    return bool(g > 0 and -c > PEDESTAL * g * float(np.median(np.asarray(sample).mean(0))))
+
+
+def detector_noise(sample: np.ndarray) -> tuple[float | None, np.ndarray]:
+    """Gain and channel correlation of raw counts, for Poisson splitting: the gain from
+    :func:`count_gain`, or from :func:`noise_statistics` when the noise is correlated
+    between channels (channel differences misread the gain then); ``None`` for plain
+    counts (gain within ``UNIT_GAIN_TOLERANCE`` of 1, no correlation) and for samples of
+    fewer than ``MIN_GAIN_ROWS`` spectra.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = 3.0 * np.random.default_rng(0).poisson(20.0, (1000, 64))
+    >>> gain, rho = detector_noise(x)
+    >>> round(gain, 1), bool(np.any(rho)), detector_noise(x / 3.0)[0]
+    (3.0, False, None)
+    """
+    rho = np.zeros(NOISE_LAGS)
+    if len(sample) < MIN_GAIN_ROWS:
+        return None, rho
+    gain = count_gain(sample)
+    held, rho = noise_statistics(sample)
+    if np.any(rho):
+        gain = held
+    return (None if is_unit_gain(gain) and not np.any(rho) else gain), rho

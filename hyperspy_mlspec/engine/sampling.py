@@ -102,15 +102,29 @@ def split_counts(counts: torch.Tensor, gain: float | None = None,
     True
     """
     if correlation is not None and np.any(correlation):
-        x = counts.detach().clamp_min(0)
+        x = counts.detach()
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu")
-        n = x.shape[-1]
-        shape = torch.as_tensor(np.sqrt(noise_power(n, np.asarray(correlation))),
-                                dtype=x.dtype)
-        z = torch.fft.irfft(torch.fft.rfft(z, dim=-1) * shape, n, dim=-1).to(x.device)
-        g = 1.0 if gain is None else float(gain)
-        return torch.minimum((0.5 * (x + (g * x).sqrt() * z)).clamp_min(0), x)
+        return recorrupted_half(x, colour_noise(z, correlation).to(x.device), gain)
     if is_unit_gain(gain):
         return binomial_half(counts, generator)
     g = float(gain)
     return binomial_half(counts.detach().clamp_min(0) / g, generator) * g
+
+
+def colour_noise(z: torch.Tensor, correlation: np.ndarray) -> torch.Tensor:
+    """White unit noise ``z`` (channels last) given the correlation of channels 1, 2, ...
+    apart (:func:`~hyperspy_mlspec.arrays.counts.noise_power`)."""
+    n = z.shape[-1]
+    shape = torch.as_tensor(np.sqrt(noise_power(n, np.asarray(correlation))), dtype=z.dtype,
+                            device=z.device)
+    return torch.fft.irfft(torch.fft.rfft(z, dim=-1) * shape, n, dim=-1)
+
+
+def recorrupted_half(counts: torch.Tensor, z: torch.Tensor, gain: float | None = None
+                     ) -> torch.Tensor:
+    """``(x + sqrt(gain x) z) / 2`` clipped to ``[0, x]``: one half of a recorrupted pair
+    (``x`` minus it is the other) for noise of variance ``gain x`` whose correlation
+    between channels ``z`` carries (see :func:`split_counts`)."""
+    x = counts.clamp_min(0)
+    g = 1.0 if gain is None else float(gain)
+    return torch.minimum((0.5 * (x + (g * x).sqrt() * z)).clamp_min(0), x)

@@ -11,10 +11,8 @@ from hyperspy_mlspec._docs import N_COMPONENTS
 from hyperspy_mlspec.arrays.counts import (
     MIN_GAIN_ROWS,
     NOISE_LAGS,
-    PEDESTAL,
-    count_gain,
-    is_unit_gain,
-    noise_statistics,
+    detector_noise,
+    on_pedestal,
     photon_transfer,
 )
 from hyperspy_mlspec.engine.losses import gaussian_loss, poisson_deviance, poisson_deviance_exp
@@ -266,13 +264,7 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
             # noise level and the held-out halves must split electrons; a detector's
             # point-spread function correlates channels (then measured on held-out rows,
             # the channel differences of count_gain misread it)
-            g = None
-            if len(sample) >= MIN_GAIN_ROWS:
-                g = count_gain(sample)
-                held, self._noise_rho = noise_statistics(sample)
-                if np.any(self._noise_rho):
-                    g = held
-            self._gain = None if is_unit_gain(g) and not np.any(self._noise_rho) else g
+            self._gain, self._noise_rho = detector_noise(sample)
             # Poisson: var(x) = g E[x], so var(x / m) is estimated without bias by g x / m^2
             x = torch.as_tensor(sample, dtype=torch.float64)
             m = self.normalizer_.multiplier(self.normalizer_.row_scale(x))
@@ -280,8 +272,9 @@ class AutoencoderDecomposition(TransformerMixin, SpectralEstimator):
             if len(sample) >= MIN_GAIN_ROWS:
                 # counts on a pedestal b (a dark level): var(x) = g (x - b) = g x + c with
                 # c = -g b < 0 (photon-transfer fit); the Poisson level would over-shrink
-                g_pt, c_pt = photon_transfer(sample)
-                if g_pt > 0 and -c_pt > PEDESTAL * g_pt * float(np.median(sample.mean(0))):
+                fit = photon_transfer(sample)
+                if on_pedestal(fit, sample):
+                    g_pt, c_pt = fit
                     self._noise_var = float(((g_pt * x + c_pt).clamp_min(0) / m**2).mean())
         if self.init_ == "pca" and self.loss == "auto":
             # the PCA start is the optimum of the Poisson-weighted squared error (HyperSpy's

@@ -43,21 +43,14 @@ import torch
 from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from hyperspy_mlspec.arrays.counts import (
-    MIN_GAIN_ROWS,
-    NOISE_LAGS,
-    colour,
-    count_gain,
-    is_unit_gain,
-    noise_statistics,
-)
+from hyperspy_mlspec.arrays.counts import NOISE_LAGS, detector_noise
 from hyperspy_mlspec.engine import Normalizer
 from hyperspy_mlspec.engine.losses import (
     gaussian_loss,
     poisson_deviance,
     poisson_deviance_elements,
 )
-from hyperspy_mlspec.engine.sampling import split_counts
+from hyperspy_mlspec.engine.sampling import colour_noise, recorrupted_half, split_counts
 from hyperspy_mlspec.estimators.base import SpectralEstimator, is_dask, looks_like_counts
 from hyperspy_mlspec.models.denoiser import ConvDenoiser, DenseDenoiser, default_hidden_sizes
 from hyperspy_mlspec.persistence import register_model
@@ -114,12 +107,9 @@ def _halves(x: torch.Tensor, k: int, seed: int, gain: float = 1.0, correlation=N
     gen = torch.Generator(device=x.device).manual_seed(seed)
     z = torch.randn(k, x.shape[1], generator=gen, device=x.device, dtype=x.dtype)
     if correlation is not None and np.any(correlation):
-        z = torch.as_tensor(colour(z.cpu().numpy(), np.asarray(correlation)),
-                            dtype=x.dtype, device=x.device)
-        xc = x.clamp_min(0)
-        root = (gain * xc).sqrt()
+        z = colour_noise(z, correlation)
         for i in range(k):
-            yield torch.minimum((0.5 * (xc + root * z[i])).clamp_min(0), xc)
+            yield recorrupted_half(x, z[i], gain)
         return
     counts = (x.clamp_min(0) / gain).round()
     root = counts.sqrt()
@@ -326,14 +316,10 @@ class DenoisingAutoencoder(TransformerMixin, SpectralEstimator):
         # split electrons, or they share most of their noise and the network learns it
         # (and a point-spread function correlates channels: halves are then recorrupted
         # pairs, and the gain is measured on held-out rows, which channel differences misread)
-        g, rho = None, np.zeros(NOISE_LAGS)
-        if self.noise == "poisson-split" and len(sample) >= MIN_GAIN_ROWS:
-            g = count_gain(sample)
-            held, rho = noise_statistics(sample)
-            if np.any(rho):
-                g = held
+        g, rho = (detector_noise(sample) if self.noise == "poisson-split"
+                  else (None, np.zeros(NOISE_LAGS)))
         self.noise_correlation_ = np.asarray(rho, dtype=np.float64)
-        self.count_gain_ = 1.0 if is_unit_gain(g) and not np.any(rho) else float(g)
+        self.count_gain_ = 1.0 if g is None else float(g)
         if self.noise == "supervised" and self.dose is not None and sample.min() < 0:
             raise ValueError(
                 "noise='supervised' with a dose simulates Poisson counts from the clean "

@@ -56,13 +56,12 @@ from sklearn.utils.validation import check_is_fitted
 from hyperspy_mlspec.arrays.counts import (
     MIN_GAIN_ROWS,
     NOISE_LAGS,
-    PEDESTAL,
     channel_correlation,
     colour,
-    count_offset,
     filter_along,
     is_unit_gain,
     noise_power,
+    on_pedestal,
     photon_transfer,
     quadratic_noise,
     toeplitz,
@@ -86,21 +85,20 @@ def _looks_like_counts(sample: np.ndarray) -> bool:
                 np.allclose(sample, np.round(sample), atol=1e-3))
 
 
-def auto_noise(sample: np.ndarray) -> tuple[str, float]:
+def auto_noise(sample: np.ndarray) -> tuple[str, tuple[float, float] | None]:
     """The noise model ``noise="auto"`` picks for spectra like ``sample`` (rows), and the
-    measured pedestal of count data (0 when not measured): ``"poisson"`` for non-negative
-    integer counts, unless they sit on a pedestal (a dark level) above 30 % of the median
-    count, whose variance ``g (x - b)`` Poisson whitening and splitting would get wrong;
-    ``"gaussian"`` (noise measured per channel) otherwise."""
+    :func:`~hyperspy_mlspec.arrays.counts.photon_transfer` fit ``(g, c)`` of count data
+    (None when not measured): ``"poisson"`` for non-negative integer counts, unless they
+    sit on a pedestal (a dark level) above 30 % of the median count, whose variance
+    ``g (x - b)`` Poisson whitening and splitting would get wrong; ``"gaussian"`` (noise
+    measured per channel) otherwise."""
     sample = np.asarray(sample)
     if not _looks_like_counts(sample):
-        return "gaussian", 0.0
+        return "gaussian", None
     if len(sample) < MIN_GAIN_ROWS:
-        return "poisson", 0.0
-    offset = count_offset(sample)
-    if offset > PEDESTAL * float(np.median(sample.mean(axis=0))):
-        return "gaussian", offset
-    return "poisson", offset
+        return "poisson", None
+    fit = photon_transfer(sample)
+    return ("gaussian" if on_pedestal(fit, sample) else "poisson"), fit
 
 
 def _kernel_square_sum(sigma: float, axis_scale: Sequence[float]) -> float:
@@ -389,9 +387,10 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         X = np.where(v[..., None], X, 0.0).astype(np.float32)
         sample = X[v][:: max(1, int(v.sum()) // 2000)]
         noise = self.noise
-        self.count_offset_ = 0.0
+        fit = None  # photon-transfer fit of count data, once
         if noise == "auto":
-            noise, self.count_offset_ = auto_noise(sample)
+            noise, fit = auto_noise(sample)
+        self.count_offset_ = float(-fit[1] / fit[0]) if fit and fit[0] > 0 else 0.0
         if noise == "poisson" and sample.min() < 0:
             raise ValueError("noise='poisson' needs non-negative counts; these data hold "
                              f"negative values (minimum {sample.min():.4g}). Use "
@@ -415,7 +414,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
                 # integer data in the Gaussian model (counts on a pedestal, or the user's
                 # choice): differences of discrete values make the median-based level
                 # coarse; the photon-transfer fit, var = g h + c, gives it per channel
-                g_pt, c_pt = photon_transfer(sample)
+                g_pt, c_pt = fit or photon_transfer(sample)
                 if g_pt > 0:
                     var = g_pt * self.mean_spectrum_ + c_pt
                     col = np.sqrt(np.maximum(var, 1e-3 * max(float(np.median(var)), 1e-12)))
@@ -621,45 +620,39 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
 
     def _split(self, X: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Two versions of the map with independent noise, and their noise variance
-        relative to the map's: binomial halves of counts (Poisson thinning) or, for
-        Gaussian noise, ``X + n'`` and ``X - n'`` with ``n'`` of the measured noise level
-        (recorrupted pairs)."""
+        relative to the map's: binomial halves of counts (Poisson thinning, in electrons
+        for counts with a gain) or, for Gaussian noise and for noise correlated between
+        channels, ``X + n'`` and ``X - n'`` with ``n'`` of the measured noise level and
+        correlation (recorrupted pairs)."""
         seed = 0 if self.random_state is None else self.random_state
-        rng = np.random.default_rng(seed)
-        rho = self.noise_correlation_
-        if np.any(rho):
-            # noise correlated between channels: no split of the counts gives independent
-            # halves; recorrupted pairs X +- n' with n' of the measured variance and
-            # correlation do (cov(N + n', N - n') = 0)
-            z = colour(rng.standard_normal(X.shape, dtype=np.float32), rho)
-            if self.noise_ == "poisson":
-                scale = np.sqrt(np.float32(self.gain_) * np.maximum(X, 0).astype(np.float32))
-            else:
-                scale = self.column_scale_.astype(np.float32) * \
-                    np.float32(math.sqrt(self.noise_level_))
-            extra = (scale * z).astype(np.float32)
-            return X + extra, X - extra, 2.0
-        if self.noise_ == "poisson" and is_unit_gain(self.gain_):
-            # binomial halves by the rounded normal approximation (right mean and variance,
-            # within 0.01 of the exact probabilities from 1 count; 10x faster than exact)
-            counts = np.rint(np.maximum(X, 0)).astype(np.float32)
-            z = rng.standard_normal(X.shape, dtype=np.float32)
-            a = np.minimum(np.maximum(np.rint(0.5 * counts + 0.5 * np.sqrt(counts) * z), 0),
-                           counts)
-            return 2.0 * a, 2.0 * (counts - a), 2.0
+        z = np.random.default_rng(seed).standard_normal(X.shape, dtype=np.float32)
+        correlated = bool(np.any(self.noise_correlation_))
+        if self.noise_ == "poisson" and not correlated:
+            # binomial halves of the electrons x / g by the rounded normal approximation
+            # (right mean and variance, within 0.01 of the exact probabilities from 1 count;
+            # 10x faster than exact). With a detector gain g halves of the data units would
+            # share most of their noise (each electron's g units go to both), which the
+            # split-half tests would take for signal; its electrons are not whole counts,
+            # so they are split unrounded (halves independent, each of variance 2 g x)
+            unit = is_unit_gain(self.gain_)
+            g = np.float32(1.0 if unit else self.gain_)
+            e = np.maximum(X, 0).astype(np.float32) / g
+            if unit:
+                e = np.rint(e)
+            a = 0.5 * e + 0.5 * np.sqrt(e) * z
+            a = np.clip(np.rint(a) if unit else a, 0.0, e)
+            return 2 * g * a, 2 * g * (e - a), 2.0
+        # recorrupted pairs X +- n' with n' of the measured variance (and correlation
+        # between channels, where no split of the counts gives independent halves):
+        # cov(N + n', N - n') = 0
+        if correlated:
+            z = colour(z, self.noise_correlation_)
         if self.noise_ == "poisson":
-            # counts with a detector gain g (variance g x counts): halves of the data units
-            # would share most of their noise (each electron's g units go to both), which
-            # the split-half tests would take for signal. Split the electrons instead,
-            # x / g, by the same normal approximation (halves independent, each of variance
-            # 2 g x)
-            electrons = np.maximum(X, 0).astype(np.float32) / np.float32(self.gain_)
-            z = rng.standard_normal(X.shape, dtype=np.float32)
-            a = np.clip(0.5 * electrons + 0.5 * np.sqrt(electrons) * z, 0.0, electrons)
-            g2 = np.float32(2.0 * self.gain_)
-            return g2 * a, g2 * (electrons - a), 2.0
-        extra = rng.standard_normal(X.shape, dtype=np.float32) * \
-            self.column_scale_.astype(np.float32) * np.float32(math.sqrt(self.noise_level_))
+            scale = np.sqrt(np.float32(self.gain_) * np.maximum(X, 0).astype(np.float32))
+        else:
+            scale = self.column_scale_.astype(np.float32) * \
+                np.float32(math.sqrt(self.noise_level_))
+        extra = (scale * z).astype(np.float32)
         return X + extra, X - extra, 2.0
 
     def _remainder(self, X: np.ndarray, g: np.ndarray, v: np.ndarray) -> np.ndarray:
