@@ -54,11 +54,13 @@ def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
 
 
 def optimal_shrinkage(singular_values: torch.Tensor, shape: tuple[int, int],
-                      noise_var: float) -> torch.Tensor:
+                      noise_var: float | torch.Tensor) -> torch.Tensor:
     """Factors ``eta(y) / y`` of the Frobenius-optimal singular-value shrinker for a
     ``shape`` matrix with white noise of variance ``noise_var`` per element (Gavish and
     Donoho, "Optimal shrinkage of singular values", 2017): 0 at or below the noise edge
-    ``1 + sqrt(beta)``, towards 1 for strong components.
+    ``1 + sqrt(beta)``, towards 1 for strong components. ``noise_var`` may be one value
+    per singular value (noise correlated between channels is stronger along some
+    components).
 
     Examples
     --------
@@ -69,7 +71,8 @@ def optimal_shrinkage(singular_values: torch.Tensor, shape: tuple[int, int],
     """
     n, m = max(shape), min(shape)
     beta = m / n
-    y = singular_values.double() / (float(noise_var) ** 0.5 * n ** 0.5)
+    level = torch.as_tensor(noise_var, dtype=torch.float64, device=singular_values.device)
+    y = singular_values.double() / (level.sqrt() * n ** 0.5)
     edge = 1.0 + beta ** 0.5
     inner = ((y**2 - beta - 1.0) ** 2 - 4.0 * beta).clamp_min(0.0)
     eta = torch.where(y > edge, inner.sqrt() / y.clamp_min(1e-12), torch.zeros_like(y))
@@ -392,14 +395,11 @@ class SpectralAutoencoder(nn.Module):
         v = torch.cat([v[:, :r].T, v.new_zeros(k - r, v.shape[0])])  # (k, C)
         w = torch.ones(k, dtype=x.dtype, device=x.device)
         if noise_var is not None and noise_var > 0:
-            if r and noise_correlation is not None and np.any(noise_correlation):
-                along = quadratic_noise(v[:r].T.double().cpu().numpy(),
-                                        np.asarray(noise_correlation))
-                w[:r] = torch.stack([optimal_shrinkage(sv[i:i + 1], x.shape,
-                                                       noise_var * float(along[i]))[0]
-                                     for i in range(r)]).to(x.dtype)
-            else:
-                w[:r] = optimal_shrinkage(sv[:r], x.shape, noise_var).to(x.dtype)
+            level = torch.tensor(float(noise_var), dtype=torch.float64)
+            if noise_correlation is not None and np.any(noise_correlation):
+                level = level * torch.as_tensor(quadratic_noise(
+                    v[:r].T.double().cpu().numpy(), np.asarray(noise_correlation)))
+            w[:r] = optimal_shrinkage(sv[:r], x.shape, level.to(sv.device)).to(x.dtype)
         for head in (self.mu, *(() if self.logvar is None else (self.logvar,))):
             head.weight.zero_()
             head.bias.zero_()

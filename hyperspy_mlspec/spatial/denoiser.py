@@ -55,7 +55,6 @@ from sklearn.utils.validation import check_is_fitted
 
 from hyperspy_mlspec.arrays.counts import (
     MIN_GAIN_ROWS,
-    NOISE_LAGS,
     channel_correlation,
     colour,
     filter_along,
@@ -576,7 +575,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
             return V
         windows = _windows(D, width)  # all of length ``width``: one call filters them all
         Vd = V.astype(np.float64)
-        rho = getattr(self, "noise_correlation_", np.zeros(NOISE_LAGS))
+        rho = self.noise_correlation_
         if np.any(rho):
             # the blind spot is one channel: filter where the noise is white (decorrelated
             # along energy), then correlate the result back
@@ -737,7 +736,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
     def _coordinate_variance(self, q: int) -> np.ndarray:
         """Noise variance of each coordinate (whitened units: the measured noise level;
         window coordinates live in the remainder, orthogonal to the global components)."""
-        rho = getattr(self, "noise_correlation_", np.zeros(NOISE_LAGS))
+        rho = self.noise_correlation_
         var = np.full(q, self.noise_level_)
         k = self.n_components_
         var[:k] = self.noise_level_ * quadratic_noise(self.components_.T, rho)

@@ -319,9 +319,9 @@ def estimate_shift(X: np.ndarray, valid: np.ndarray | None = None, *,
     # the Poisson weights (and so the shifts' precisions, which set how much each pixel
     # trusts its own estimate) are for counts whose variance equals their mean: data with a
     # detector gain are read in electrons
-    rows = X[v]
-    gain = count_gain(rows[:: max(1, len(rows) // 2000)]) if len(rows) >= MIN_GAIN_ROWS \
-        else None
+    valid_rows = np.flatnonzero(v.reshape(-1))
+    gain = (count_gain(X.reshape(-1, X.shape[-1])[valid_rows[:: max(1, len(valid_rows) // 2000)]])
+            if len(valid_rows) >= MIN_GAIN_ROWS else None)
     if not is_unit_gain(gain):
         X = X / gain
     if n <= max_pixels:
