@@ -346,34 +346,17 @@ def _detector_gain(X: np.ndarray) -> float:
 
 def _held_out_gain(X: np.ndarray, ks: Sequence[int] = (2, 4, 6, 8, 10, 12)) -> dict:
     """Noise variance per count from held-out pixels, whatever the correlation between
-    channels: spectra scaled by the square root of the mean spectrum; a mean and ``K``
-    components found on the even pixels, the odd pixels' residual variance per channel
-    divided by the fraction of white noise the projection leaves (median over channels),
-    and the other way round. Returns the estimate for every ``K`` that fits (the value
-    used: the median of those with ``K >= 4`` or all) and the lag-1..3 correlation of the
-    residual along energy."""
-    h = np.maximum(X.mean(axis=0), 1e-12)
-    W = X / np.sqrt(h)
-    by_k, lags = {}, []
-    for k in ks:
-        vals = []
-        for first in (0, 1):
-            A, B = W[first::2], W[1 - first::2]
-            if k >= len(A) or not len(B):
-                continue
-            mu = A.mean(axis=0)
-            vt = np.linalg.svd(A - mu, full_matrices=False)[2][:k]
-            R = (B - mu) - (B - mu) @ vt.T @ vt
-            frac = np.maximum(1.0 - (vt**2).sum(axis=0), 1e-6)
-            vals.append(float(np.median((R**2).mean(axis=0) / frac / (1 + 1 / len(A)))))
-            if k == 4:
-                lags.append([float(np.mean(R[:, :-lag] * R[:, lag:]) / np.mean(R * R))
-                             for lag in (1, 2, 3)])
-        if vals:
-            by_k[k] = float(np.mean(vals))
+    channels (:func:`hyperspy_mlspec.arrays.counts.noise_statistics`, which also
+    corrects for the correlation the projection removes), for every number of components
+    ``K`` the pixels allow; the value used is the median of those with ``K >= 4`` (or all),
+    with the correlation of channels 1-3 apart measured at ``K = 4``."""
+    from hyperspy_mlspec.arrays.counts import noise_statistics
+
+    n_fit = (len(X) + 1) // 2
+    by_k = {k: noise_statistics(X, k)[0] for k in ks if k <= n_fit - 2}
     used = [g for k, g in by_k.items() if k >= 4] or list(by_k.values())
-    return dict(gain=float(np.median(used)), by_k=by_k,
-                lag_corr=np.mean(lags, axis=0).tolist() if lags else [])
+    rho = noise_statistics(X, min(4, max(n_fit - 2, 0)))[1]
+    return dict(gain=float(np.median(used)), by_k=by_k, lag_corr=[float(r) for r in rho[:3]])
 
 
 def real_runs(fractions=(0.005, 0.02), draws=3) -> list[dict]:
