@@ -295,23 +295,12 @@ def photon_transfer(sample: np.ndarray, n_components: int = 8) -> tuple[float, f
     return float(g), float(c)
 
 
-def count_offset(sample: np.ndarray, n_components: int = 8) -> float:
-    """Pedestal of count-like data (data units): raw detector counts sometimes carry a
-    constant offset (a dark level), so their noise variance is ``g (x - b)``, not ``g x``.
-
-    From :func:`photon_transfer`, ``var = g h + c``: the pedestal is ``b = -c / g``. Read
-    noise adds a positive ``c`` and lowers ``b`` (a negative ``b`` means read noise).
-
-    Parameters
-    ----------
-    sample
-        ``(n_spectra, n_channels)`` non-negative spectra (a few hundred or more).
-    n_components
-        Components of the structure removed before measuring.
-
-    Returns
-    -------
-    float
+def count_offset(fit: tuple[float, float]) -> float:
+    """Pedestal of count-like data (data units) from its :func:`photon_transfer` fit
+    ``var = g h + c``: raw detector counts sometimes carry a constant offset (a dark
+    level) ``b``, so their noise variance is ``g (x - b)``, i.e. ``c = -g b``. Read noise
+    adds a positive ``c`` and lowers ``b`` (a negative ``b`` means read noise); 0 when the
+    fit failed (``g <= 0``).
 
     Examples
     --------
@@ -319,10 +308,10 @@ def count_offset(sample: np.ndarray, n_components: int = 8) -> float:
     >>> rng = np.random.default_rng(0)
     >>> mean = 20 * np.exp(-np.linspace(0, 3, 128))
     >>> x = 3 * rng.poisson(mean * rng.uniform(0.5, 1.5, (2000, 1))) + 100.0
-    >>> round(count_offset(x) / 100, 1)   # the pedestal, in data units
+    >>> round(count_offset(photon_transfer(x)) / 100, 1)   # the pedestal, in data units
     1.0
     """
-    g, c = photon_transfer(sample, n_components)
+    g, c = fit
     return float(-c / g) if g > 0 else 0.0
 
 

@@ -57,6 +57,7 @@ from hyperspy_mlspec.arrays.counts import (
     MIN_GAIN_ROWS,
     channel_correlation,
     colour,
+    count_offset,
     filter_along,
     is_unit_gain,
     noise_power,
@@ -389,7 +390,7 @@ class SpatialDenoiser(TransformerMixin, BaseEstimator):
         fit = None  # photon-transfer fit of count data, once
         if noise == "auto":
             noise, fit = auto_noise(sample)
-        self.count_offset_ = float(-fit[1] / fit[0]) if fit and fit[0] > 0 else 0.0
+        self.count_offset_ = count_offset(fit) if fit else 0.0
         if noise == "poisson" and sample.min() < 0:
             raise ValueError("noise='poisson' needs non-negative counts; these data hold "
                              f"negative values (minimum {sample.min():.4g}). Use "
