@@ -431,3 +431,39 @@ def test_folded_first_layer_equals_the_plain_encoder_with_gradients(linear_path)
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
     if linear_path:
         assert float(model.skip.weight.grad.abs().sum()) > 0  # the stacked path learns
+
+
+def test_amp_rule(monkeypatch):
+    """bf16 training only on CPUs with native bf16 products and for steps that are not
+    tiny; GPUs keep their own rule."""
+    from hyperspy_mlspec.engine import budget
+
+    big, small = torch.nn.Linear(1024, 1024), torch.nn.Linear(160, 64)
+    monkeypatch.setattr(budget, "native_bf16", lambda: True)
+    assert budget.amp_pays(big, 1024) == "bf16"
+    assert budget.amp_pays(small, 128) is False
+    assert budget.amp_pays(big, 1024, "cuda") == "auto"
+    monkeypatch.setattr(budget, "native_bf16", lambda: False)
+    assert budget.amp_pays(big, 1024) is False
+
+
+def test_bf16_training_reaches_the_float32_error(monkeypatch):
+    """The default per-pixel DAE trained with bf16 products denoises a Poisson map as well
+    as in float32 (its weights and losses stay float32), and the estimator really used
+    autocast (the fits differ)."""
+    from hyperspy_mlspec.data import eels_map
+    from hyperspy_mlspec.engine import budget
+    from hyperspy_mlspec.estimators import DenoisingAutoencoder
+
+    s, truth = eels_map((64, 64), 1024, 10, random_state=3, return_truth=True)
+    X = s.data.reshape(-1, 1024).astype(np.float32)
+    clean = np.asarray(truth.clean).reshape(-1, 1024)
+    errors, outs = {}, {}
+    for native in (False, True):
+        monkeypatch.setattr(budget, "native_bf16", lambda native=native: native)
+        dae = DenoisingAutoencoder(epochs=3, batch_size=512, patience=None, random_state=0,
+                                   show_progressbar=False).fit(X)
+        outs[native] = dae.transform(X)
+        errors[native] = float(np.mean((outs[native] - clean) ** 2 / clean))
+    assert not np.array_equal(outs[False], outs[True])
+    assert errors[True] < 1.1 * errors[False]

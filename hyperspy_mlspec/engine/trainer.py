@@ -175,8 +175,9 @@ def torch_threads(n: int | None):
 
 def resolve_amp(amp: bool | str | None, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``amp`` on ``device``: ``"auto"`` is bf16 on a GPU that
-    supports it and nothing on the CPU (where bf16 matmuls lose precision for no gain on
-    most machines); True forces bf16; False/None disables."""
+    supports it and nothing on the CPU (the estimators ask for bf16 on CPUs with native
+    bf16 instructions, :func:`~hyperspy_mlspec.engine.budget.amp_pays`); True forces bf16;
+    False/None disables."""
     if amp in (False, None):
         return None
     if amp == "auto":

@@ -22,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from hyperspy_mlspec.engine import Normalizer, as_source, resolve_device, train
 from hyperspy_mlspec.engine.budget import (
     DEFAULT_STEPS,
+    amp_pays,
     auto_batch_size,
     auto_budget,
     compile_pays,
@@ -247,6 +248,7 @@ class SpectralEstimator(BaseEstimator):
         planned = options.get("max_samples") or epochs * max(1, source.count("train"))
         options.setdefault("compile", compile_pays(int(planned) // max(1, batch_size),
                                                    self.module_, batch_size, self.device_))
+        options.setdefault("amp", amp_pays(self.module_, batch_size, self.device_))
         options.update(getattr(self, "_train_options", {}))  # benchmarks' experiments
         result = train(self.module_, self._step_loss(), source, epochs=epochs,
                        batch_size=batch_size, patience=patience, device=self.device_,
