@@ -239,14 +239,15 @@ def step_times(fn: Callable[[], Any], repeats: int = 20, warmup: int = 2) -> lis
     return out
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
-    """This machine's float32 matmul rate in GFLOP/s: best of ``repeats`` ``n x n`` products
-    (``2 n^3`` FLOPs each) with torch's default number of threads."""
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10, device: str = "cpu",
+                       dtype: str = "float32") -> float:
+    """This machine's matmul rate in GFLOP/s (float32 unless ``dtype``): best of ``repeats``
+    ``n x n`` products (``2 n^3`` FLOPs each) with torch's default number of threads."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=gen).to(device)
-    b = torch.randn(n, n, generator=gen).to(device)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=getattr(torch, dtype))
 
     def product():
         torch.matmul(a, b)
