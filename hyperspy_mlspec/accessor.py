@@ -226,7 +226,15 @@ class MLSpecNamespace:
             ``"auto"`` (estimate the drift and remove it when it is significant: a spread
             of at least 0.2 channel and three times its uncertainty), True (always) or
             False. Needs a uniform signal axis; lazy signals are not aligned under
-            ``"auto"`` (True refuses them).
+            ``"auto"`` (True refuses them). Or a **known shift map**: a navigation image
+            or array (one value per pixel, in the units of the signal axis) of the
+            displacement of each pixel's spectrum, e.g. the zero-loss peak centres of the
+            low-loss signal of a dual-EELS acquisition
+            (``s_ll.estimate_zero_loss_peak_centre()`` in exspy) or minus HyperSpy's
+            ``estimate_shift1D`` (which returns the correction); only differences between
+            pixels matter. The spectra are aligned by it before pooling and moved back
+            after: a pixel's own jitter, which no estimate can measure at low dose, then
+            stays its own.
         navigation_mask
             True excludes a pixel from fitting and denoising (its output is NaN).
         signal_range

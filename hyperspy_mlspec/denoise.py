@@ -14,6 +14,7 @@ is on (``spatial="auto"`` picks the network when autoencoder parameters such as
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterable
@@ -145,9 +146,9 @@ def denoise_signal(signal, model=None, noise: str = "poisson-split", *, spatial=
         if return_shift:
             raise ValueError("return_shift=True needs the spatial route (spatial=True or "
                              "'auto' on a map); the per-pixel model does not align spectra.")
-        if align is True:
-            raise ValueError("align=True needs the spatial route (spatial=True or 'auto' on "
-                             "a map or line scan).")
+        if align is True or is_given_shift(align):
+            raise ValueError("alignment (align=True or a given shift map) needs the spatial "
+                             "route (spatial=True or 'auto' on a map or line scan).")
         return _pixel_denoise(signal, model, noise, navigation_mask=navigation_mask,
                               signal_range=signal_range, return_residuals=return_residuals,
                               residual_statistics=residual_statistics,
@@ -193,10 +194,15 @@ def _spatial_denoise(signal, model, noise, *, align, navigation_mask, signal_ran
             raise ValueError("no finite spectrum is left to denoise (navigation_mask and "
                              "NaN/inf pixels exclude every pixel; True in navigation_mask "
                              "marks pixels to EXCLUDE).")
-    align_mode = _resolve_align(align, s, lazy, int(data.shape[-1]))
+    given = None
+    if is_given_shift(align):
+        given = given_shift(align, s, valid, lazy, int(data.shape[-1]))
+        align_mode = "given"
+    else:
+        align_mode = _resolve_align(align, s, lazy, int(data.shape[-1]))
     out, den, shift = spatial_denoise_array(
         data, valid, _navigation_scale(s), align_mode, show_progressbar=show_progressbar,
-        **estimator_params)
+        shift=given, **estimator_params)
     title = s.metadata.General.title
     result = sio.signal_like(s, out, f"{title} {_SPATIAL_SUFFIX}".strip(), axis=t.axis)
     widths = den.choice_.width
@@ -207,7 +213,10 @@ def _spatial_denoise(signal, model, noise, *, align, navigation_mask, signal_ran
                median_width_pixels=float(np.nanmedian(np.where(np.isfinite(widths), widths,
                                                                np.nan)))
                if np.isfinite(widths).any() else float("nan"),
-               aligned=shift is not None, fitted_on_this_signal=True)
+               aligned=shift is not None,
+               shift_source="given" if given is not None else
+               ("estimated" if shift is not None else "none"),
+               fitted_on_this_signal=True)
     if model is not None:
         result = _pixel_denoise(result, model, "poisson-split")
     results = [result]
@@ -503,9 +512,59 @@ def _use_spatial(signal, spatial, model, params: dict | None = None,
     return bool(spatial)
 
 
+def is_given_shift(align) -> bool:
+    """Whether ``align`` is a shift map (a signal or an array) rather than a mode."""
+    return not isinstance(align, (str, bool, np.bool_)) and align is not None
+
+
+def given_shift(align, signal, valid: np.ndarray, lazy: bool, n_channels: int) -> np.ndarray:
+    """A user's per-pixel energy shift (a navigation image or array in the units of the
+    signal axis, e.g. eV: the displacement of each pixel's spectrum, as ``return_shift``
+    gives it) in channels, relative to its mean over the denoised pixels, with a clear
+    error for every way it can be wrong."""
+    nav_shape = tuple(valid.shape)
+    values = getattr(align, "data", align)
+    values = values.compute() if hasattr(values, "compute") else values
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"align must be 'auto', True, False or a shift map (a signal or an "
+                        f"array of the navigation shape {nav_shape}), got "
+                        f"{type(align).__name__}") from None
+    if values.shape != nav_shape:
+        raise ValueError(f"the shift map given as align has shape {values.shape}, but the "
+                         f"signal's navigation (array order) is {nav_shape}: give one shift "
+                         "per pixel (e.g. the output of return_shift=True, or the zero-loss "
+                         "peak centres of the low-loss signal acquired with this map).")
+    if lazy:
+        raise ValueError("a given shift map aligns the spectra in memory, which a lazy "
+                         "signal would have to load whole; compute it first (s.compute()) "
+                         "or use align=False.")
+    axis = signal.axes_manager.signal_axes[0]
+    if not getattr(axis, "is_uniform", True):
+        raise ValueError("a given shift map moves spectra by fractions of a channel, which "
+                         "needs a uniform signal axis; resample it first "
+                         "(s.interpolate_on_axis) or use align=False.")
+    if n_channels < 2:
+        raise ValueError(f"aligning needs at least 2 channels, got {n_channels}")
+    bad = valid & ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(f"the shift map given as align is NaN or infinite at {int(bad.sum())} "
+                         "pixels that are denoised: give every pixel a shift, or exclude "
+                         "those pixels with navigation_mask.")
+    scale = float(axis.scale)
+    shift = np.where(valid, values, 0.0) / scale
+    shift = np.where(valid, shift - shift[valid].mean(), 0.0)
+    if np.abs(shift).max() >= n_channels / 2:
+        raise ValueError(f"the shift map given as align spans {np.ptp(shift[valid]):.3g} "
+                         f"channels, more than half of the {n_channels} channels: shifts are "
+                         f"in the units of the signal axis ({axis.units}), not in channels.")
+    return shift
+
+
 def _resolve_align(align, signal, lazy: bool, n_channels: int) -> str:
-    if align not in ("auto", True, False):
-        raise ValueError(f"align must be 'auto', True or False, got {align!r}")
+    if is_given_shift(align) or align not in ("auto", True, False):
+        raise ValueError(f"align must be 'auto', True, False or a shift map, got {align!r}")
     sig = signal.axes_manager.signal_axes[0]
     uniform = getattr(sig, "is_uniform", True)
     if align is True:
@@ -574,23 +633,33 @@ def estimate_shift_signal(signal, *, navigation_mask=None, signal_range=None,
 
 def spatial_denoise_array(data, valid: np.ndarray, axis_scale, align: str = "auto",
                           model=None, show_progressbar: bool | None = None,
-                          **params: Any):
+                          shift: np.ndarray | None = None, **params: Any):
     """Denoise a ``nav_shape + (channels,)`` array (numpy or dask) with the spatial route.
 
     Returns ``(denoised, estimator, shift)`` where ``shift`` is the
     :class:`~hyperspy_mlspec.spatial.ShiftEstimate` used for alignment (None if none).
     ``model`` is an optional per-pixel denoiser applied to the spatially denoised spectra
-    (e.g. a supervised :class:`~hyperspy_mlspec.DenoisingAutoencoder`).
+    (e.g. a supervised :class:`~hyperspy_mlspec.DenoisingAutoencoder`). With
+    ``align="given"``, ``shift`` is the per-pixel shift in channels to use (known, e.g.
+    from the zero-loss peak).
     """
     from hyperspy_mlspec.engine.progress import progress
     from hyperspy_mlspec.spatial import SpatialDenoiser, shift_spectra
+    from hyperspy_mlspec.spatial.shift import ShiftEstimate
 
     lazy = hasattr(data, "dask")
     bar = progress(3 if align != "no" else 2, "spatial denoising", show_progressbar,
                    unit="step")
+    given = shift
     try:
         shift = None
-        if align != "no":
+        if align == "given":
+            if given is None:
+                raise ValueError("align='given' needs the shift map (shift=)")
+            known = np.where(valid, np.asarray(given, dtype=np.float64), np.nan)
+            shift = ShiftEstimate(known, np.zeros_like(known), math.nan, 0, "given", known)
+            bar.update(1)
+        elif align != "no":
             est = estimate_shift_array(data, valid, axis_scale)
             bar.update(1)
             ok = np.isfinite(est.shift)
