@@ -399,7 +399,7 @@ class MLSpecNamespace:
 
     def cluster(self, model=None, n_clusters: int = 4, method: str = "kmeans", *,
                 normalize: str = "shape", spatial: bool | str = "auto",
-                align: bool | str = "auto", radius: int | None = None, navigation_mask=None,
+                align: Any = "auto", radius: int | None = None, navigation_mask=None,
                 n_components: int | None = None, random_state: int | None = 0,
                 show_progressbar: bool | None = None, **estimator_params: Any):
         """Phase map: cluster the pixels by chemistry, labels smoothed over neighbours.

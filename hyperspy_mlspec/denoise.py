@@ -146,7 +146,7 @@ def denoise_signal(signal, model=None, noise: str = "poisson-split", *, spatial=
         if return_shift:
             raise ValueError("return_shift=True needs the spatial route (spatial=True or "
                              "'auto' on a map); the per-pixel model does not align spectra.")
-        if align is True or is_given_shift(align):
+        if align is True or sio.is_shift_map(align):
             raise ValueError("alignment (align=True or a given shift map) needs the spatial "
                              "route (spatial=True or 'auto' on a map or line scan).")
         return _pixel_denoise(signal, model, noise, navigation_mask=navigation_mask,
@@ -195,8 +195,8 @@ def _spatial_denoise(signal, model, noise, *, align, navigation_mask, signal_ran
                              "NaN/inf pixels exclude every pixel; True in navigation_mask "
                              "marks pixels to EXCLUDE).")
     given = None
-    if is_given_shift(align):
-        given = given_shift(align, s, valid, lazy, int(data.shape[-1]))
+    if sio.is_shift_map(align):
+        given = sio.shift_map_channels(align, s, valid, lazy, int(data.shape[-1]))
         align_mode = "given"
     else:
         align_mode = _resolve_align(align, s, lazy, int(data.shape[-1]))
@@ -512,58 +512,8 @@ def _use_spatial(signal, spatial, model, params: dict | None = None,
     return bool(spatial)
 
 
-def is_given_shift(align) -> bool:
-    """Whether ``align`` is a shift map (a signal or an array) rather than a mode."""
-    return not isinstance(align, (str, bool, np.bool_)) and align is not None
-
-
-def given_shift(align, signal, valid: np.ndarray, lazy: bool, n_channels: int) -> np.ndarray:
-    """A user's per-pixel energy shift (a navigation image or array in the units of the
-    signal axis, e.g. eV: the displacement of each pixel's spectrum, as ``return_shift``
-    gives it) in channels, relative to its mean over the denoised pixels, with a clear
-    error for every way it can be wrong."""
-    nav_shape = tuple(valid.shape)
-    values = getattr(align, "data", align)
-    values = values.compute() if hasattr(values, "compute") else values
-    try:
-        values = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"align must be 'auto', True, False or a shift map (a signal or an "
-                        f"array of the navigation shape {nav_shape}), got "
-                        f"{type(align).__name__}") from None
-    if values.shape != nav_shape:
-        raise ValueError(f"the shift map given as align has shape {values.shape}, but the "
-                         f"signal's navigation (array order) is {nav_shape}: give one shift "
-                         "per pixel (e.g. the output of return_shift=True, or the zero-loss "
-                         "peak centres of the low-loss signal acquired with this map).")
-    if lazy:
-        raise ValueError("a given shift map aligns the spectra in memory, which a lazy "
-                         "signal would have to load whole; compute it first (s.compute()) "
-                         "or use align=False.")
-    axis = signal.axes_manager.signal_axes[0]
-    if not getattr(axis, "is_uniform", True):
-        raise ValueError("a given shift map moves spectra by fractions of a channel, which "
-                         "needs a uniform signal axis; resample it first "
-                         "(s.interpolate_on_axis) or use align=False.")
-    if n_channels < 2:
-        raise ValueError(f"aligning needs at least 2 channels, got {n_channels}")
-    bad = valid & ~np.isfinite(values)
-    if bad.any():
-        raise ValueError(f"the shift map given as align is NaN or infinite at {int(bad.sum())} "
-                         "pixels that are denoised: give every pixel a shift, or exclude "
-                         "those pixels with navigation_mask.")
-    scale = float(axis.scale)
-    shift = np.where(valid, values, 0.0) / scale
-    shift = np.where(valid, shift - shift[valid].mean(), 0.0)
-    if np.abs(shift).max() >= n_channels / 2:
-        raise ValueError(f"the shift map given as align spans {np.ptp(shift[valid]):.3g} "
-                         f"channels, more than half of the {n_channels} channels: shifts are "
-                         f"in the units of the signal axis ({axis.units}), not in channels.")
-    return shift
-
-
 def _resolve_align(align, signal, lazy: bool, n_channels: int) -> str:
-    if is_given_shift(align) or align not in ("auto", True, False):
+    if sio.is_shift_map(align) or align not in ("auto", True, False):
         raise ValueError(f"align must be 'auto', True, False or a shift map, got {align!r}")
     sig = signal.axes_manager.signal_axes[0]
     uniform = getattr(sig, "is_uniform", True)

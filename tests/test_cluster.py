@@ -74,6 +74,22 @@ def test_shift_map_follows_the_drift(eels, phases):
     assert np.corrcoef(shift.data.ravel(), true)[0, 1] > 0.35  # measured 0.47
 
 
+def test_known_shift_map(eels, phases):
+    """A known shift map (e.g. zero-loss peak centres) replaces the estimate: it is the
+    returned shift (relative to its mean), and the phases are found as well as with the
+    estimate; a map of the wrong shape is refused."""
+    s, truth = eels
+    known = s.mlspec.cluster(n_clusters=3, align=truth.energy_shift + 2.0,
+                             show_progressbar=False)
+    true = truth.energy_shift
+    np.testing.assert_allclose(known.shift.data, true - true.mean(), atol=1e-5)
+    g = truth.phase_map.ravel()
+    ari_known = adjusted_rand_score(g, known.labels.data.ravel())
+    assert ari_known > adjusted_rand_score(g, phases.labels.data.ravel()) - 0.05
+    with pytest.raises(ValueError, match="navigation"):
+        s.mlspec.cluster(n_clusters=3, align=np.zeros((3, 4)), show_progressbar=False)
+
+
 def test_mask_nan_linescan_and_lazy(eels):
     s, truth = eels
     t = s.deepcopy()

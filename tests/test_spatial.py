@@ -245,6 +245,25 @@ def test_denoise_with_a_known_shift_map():
     np.testing.assert_allclose(back.data, auto.data, atol=1e-3)
 
 
+def test_denoise_aligned_by_zero_loss_peak_centres():
+    """The dual-EELS workflow: exspy's zero-loss peak centres of the low-loss map are the
+    shift map of the core-loss map."""
+    exspy = pytest.importorskip("exspy")
+    s, truth = eels_map((20, 20), 512, 10.0, drift=0.3, thickness=False, random_state=5,
+                        return_truth=True)
+    energy = np.arange(-10.0, 20.0, 0.05)
+    zlp = 1e4 * np.exp(-0.5 * ((energy - truth.energy_shift[..., None]) / 0.3) ** 2)
+    low_loss = exspy.signals.EELSSpectrum(zlp)
+    ax = low_loss.axes_manager[-1]
+    ax.scale, ax.offset, ax.units = 0.05, -10.0, "eV"
+    centres = low_loss.estimate_zero_loss_peak_centre()
+    d = s.mlspec.denoise(align=centres, show_progressbar=False)
+    known = s.mlspec.denoise(align=truth.energy_shift, show_progressbar=False)
+    assert d.metadata.MLSpec.operation_0.shift_source == "given"
+    clean = np.asarray(truth.clean)
+    assert poisson_error(d.data, clean) < 1.05 * poisson_error(known.data, clean)
+
+
 def test_known_shift_map_bad_input():
     s = eels_map((8, 10), 64, 5.0, drift=0.3, random_state=0)
     with pytest.raises(ValueError, match="navigation"):

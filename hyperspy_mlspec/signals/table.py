@@ -266,3 +266,54 @@ def signal_adapter(obj: Any, name: str, navigation_mask: Any) -> list[SpectraTab
     t = table(obj, navigation_mask)
     t.name = f"{name} ({t.name})" if name != "X" else t.name
     return [t]
+
+
+def is_shift_map(align) -> bool:
+    """Whether ``align`` is a shift map (a signal or an array) rather than a mode."""
+    return not isinstance(align, (str, bool, np.bool_)) and align is not None
+
+
+def shift_map_channels(align, signal, valid: np.ndarray, lazy: bool,
+                       n_channels: int) -> np.ndarray:
+    """A user's per-pixel energy shift (a navigation image or array in the units of the
+    signal axis, e.g. eV: the displacement of each pixel's spectrum, as ``return_shift``
+    gives it) in channels, relative to its mean over the denoised pixels, with a clear
+    error for every way it can be wrong."""
+    nav_shape = tuple(valid.shape)
+    values = getattr(align, "data", align)
+    values = values.compute() if hasattr(values, "compute") else values
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"align must be 'auto', True, False or a shift map (a signal or an "
+                        f"array of the navigation shape {nav_shape}), got "
+                        f"{type(align).__name__}") from None
+    if values.shape != nav_shape:
+        raise ValueError(f"the shift map given as align has shape {values.shape}, but the "
+                         f"signal's navigation (array order) is {nav_shape}: give one shift "
+                         "per pixel (e.g. the output of return_shift=True, or the zero-loss "
+                         "peak centres of the low-loss signal acquired with this map).")
+    if lazy:
+        raise ValueError("a given shift map aligns the spectra in memory, which a lazy "
+                         "signal would have to load whole; compute it first (s.compute()) "
+                         "or use align=False.")
+    axis = signal.axes_manager.signal_axes[0]
+    if not getattr(axis, "is_uniform", True):
+        raise ValueError("a given shift map moves spectra by fractions of a channel, which "
+                         "needs a uniform signal axis; resample it first "
+                         "(s.interpolate_on_axis) or use align=False.")
+    if n_channels < 2:
+        raise ValueError(f"aligning needs at least 2 channels, got {n_channels}")
+    bad = valid & ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(f"the shift map given as align is NaN or infinite at {int(bad.sum())} "
+                         "pixels that are denoised: give every pixel a shift, or exclude "
+                         "those pixels with navigation_mask.")
+    scale = float(axis.scale)
+    shift = np.where(valid, values, 0.0) / scale
+    shift = np.where(valid, shift - shift[valid].mean(), 0.0)
+    if np.abs(shift).max() >= n_channels / 2:
+        raise ValueError(f"the shift map given as align spans {np.ptp(shift[valid]):.3g} "
+                         f"channels, more than half of the {n_channels} channels: shifts are "
+                         f"in the units of the signal axis ({axis.units}), not in channels.")
+    return shift

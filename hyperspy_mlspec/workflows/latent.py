@@ -119,7 +119,7 @@ def _spatial_on(signal, spatial) -> bool:
 
 def _align_on(signal, align, n_channels: int) -> bool:
     if align not in ("auto", True, False):
-        raise ValueError(f"align must be 'auto', True or False, got {align!r}")
+        raise ValueError(f"align must be 'auto', True, False or a shift map, got {align!r}")
     uniform = getattr(signal.axes_manager.signal_axes[0], "is_uniform", True)
     if align is True and (not uniform or n_channels < 16):
         raise ValueError("align=True moves spectra by fractions of a channel, which needs a "
@@ -163,10 +163,16 @@ def _phase_route(signal, n_clusters, navigation_mask, n_components, align, radiu
     sample = rows[np.flatnonzero(valid)[:: max(1, int(valid.sum()) // 2000)]]
     sample = np.asarray(sample.compute() if hasattr(sample, "compute") else sample)
     gain = count_gain(sample)
-    do_align = _align_on(signal, align, n_ch)
+    given = None
+    if sio.is_shift_map(align):
+        # a known shift (e.g. zero-loss peak centres); phase codes shift block by block,
+        # so a lazy map is fine here
+        given = sio.shift_map_channels(align, signal, valid.reshape(nav_shape), False,
+                                       n_ch).ravel()
+    do_align = given is None and _align_on(signal, align, n_ch)
     bar = progress(3 if do_align else 2, "phase map", show_progressbar, unit="step")
     try:
-        shift = None
+        shift = given
         if do_align:
             shift, _ = drift(rows, nav_shape, valid)
             bar.update(1)
@@ -183,7 +189,7 @@ def _phase_route(signal, n_clusters, navigation_mask, n_components, align, radiu
 
 def cluster(signal, model=None, n_clusters: int = 4, method: str = "kmeans", *,
             normalize: str = "shape", spatial: bool | str = "auto",
-            align: bool | str = "auto", radius: int | None = None, navigation_mask=None,
+            align: Any = "auto", radius: int | None = None, navigation_mask=None,
             n_components: int | None = None, random_state: int | None = 0,
             show_progressbar: bool | None = None, **estimator_params: Any) -> ClusterResult:
     """Phase map: cluster the pixels of a map by chemistry, smoothed over neighbours.
@@ -232,7 +238,9 @@ def cluster(signal, model=None, n_clusters: int = 4, method: str = "kmeans", *,
         ``"auto"``/True: Potts smoothing of the labels on maps and line scans; False: none.
     align
         Phase codes only: ``"auto"``/True undo the energy drift (uniform signal axes of at
-        least 16 channels); False: no alignment.
+        least 16 channels); False: no alignment; or a known shift map (one value per
+        pixel in the signal axis' units, e.g. zero-loss peak centres; see
+        :meth:`~hyperspy_mlspec.MLSpecNamespace.denoise`).
     radius
         Phase codes only: pooling radius in pixels; None chooses it from the counts.
     navigation_mask
