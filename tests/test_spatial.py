@@ -445,3 +445,25 @@ def test_shift_estimate_reads_counts_with_a_gain_in_electrons():
     plain, gained = estimate_shift(X), estimate_shift(3.0 * X)
     np.testing.assert_allclose(gained.shift, plain.shift, atol=0.02)
     np.testing.assert_allclose(gained.uncertainty, plain.uncertainty, rtol=0.05)
+
+
+def test_alignment_shift_components_follow_the_grid(monkeypatch):
+    """The shift that aligns spectra for denoising is fitted with 6 components of the
+    aligned map (chemistry must not leak into it), fewer on small grids, whose components
+    come from few pixels."""
+    import hyperspy_mlspec.spatial as spatial
+    from hyperspy_mlspec.denoise import estimate_shift_array
+
+    seen = []
+    real = spatial.estimate_shift
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["n_components"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(spatial, "estimate_shift", spy)
+    for shape in ((8, 8), (16, 18), (24, 24)):
+        s = eels_map(shape, 64, 5.0, drift=0.3, random_state=0)
+        est = estimate_shift_array(s.data, np.ones(shape, bool), (1.0, 1.0))
+        assert est.shift.shape == shape
+    assert seen == [3, 4, 6]
