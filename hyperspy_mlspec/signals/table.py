@@ -268,17 +268,46 @@ def signal_adapter(obj: Any, name: str, navigation_mask: Any) -> list[SpectraTab
     return [t]
 
 
-def is_shift_map(align) -> bool:
-    """Whether ``align`` is a shift map (a signal or an array) rather than a mode."""
+def is_shift_map(align: Any) -> bool:
+    """Whether ``align`` is a shift map (a signal or an array) rather than a mode.
+
+    Examples
+    --------
+    >>> is_shift_map("auto"), is_shift_map(True), is_shift_map(np.zeros((2, 3)))
+    (False, False, True)
+    """
     return not isinstance(align, (str, bool, np.bool_)) and align is not None
 
 
-def shift_map_channels(align, signal, valid: np.ndarray, lazy: bool,
+def shift_map_channels(align: Any, signal: Any, valid: np.ndarray, lazy: bool,
                        n_channels: int) -> np.ndarray:
-    """A user's per-pixel energy shift (a navigation image or array in the units of the
-    signal axis, e.g. eV: the displacement of each pixel's spectrum, as ``return_shift``
-    gives it) in channels, relative to its mean over the denoised pixels, with a clear
-    error for every way it can be wrong."""
+    """A user's per-pixel energy shift in channels, relative to its mean over the valid
+    pixels, with a clear error for every way it can be wrong.
+
+    Parameters
+    ----------
+    align
+        A navigation image or array of the navigation shape (array order), in the units
+        of the signal axis (e.g. eV): the displacement of each pixel's spectrum, as
+        ``return_shift=True`` gives it.
+    signal
+        The signal the shifts belong to (its signal axis gives the channel width).
+    valid
+        Boolean navigation-shape mask of the pixels used (the others may be NaN).
+    lazy
+        Whether the caller would have to load a lazy signal to align it (refused).
+    n_channels
+        Channels of the spectra.
+
+    Examples
+    --------
+    >>> import hyperspy_mlspec
+    >>> s = hyperspy_mlspec.data.eels_map((2, 3), n_channels=64)
+    >>> shift_map_channels(np.full((2, 3), s.axes_manager[-1].scale), s,
+    ...                    np.ones((2, 3), bool), False, 64)
+    array([[0., 0., 0.],
+           [0., 0., 0.]])
+    """
     nav_shape = tuple(valid.shape)
     values = getattr(align, "data", align)
     values = values.compute() if hasattr(values, "compute") else values
