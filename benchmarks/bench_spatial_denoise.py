@@ -432,19 +432,12 @@ def known_shift(seeds: Sequence[int] = (1, 2, 3), dose: float = 10.0,
     from hyperspy_mlspec.spatial import shift_spectra
 
     def pca_fe3(sig, t, channels=None):
-        p = sig.deepcopy()
-        if channels is not None:
-            rows = np.asarray(p.data, np.float64).reshape(-1, p.data.shape[-1])
-            p.data = shift_spectra(rows, -channels).reshape(p.data.shape).astype(np.float32)
-        p.decomposition(normalize_poissonian_noise=True, print_info=False)
-        best = np.inf
-        for k in ks:
-            m = np.asarray(p.get_decomposition_model(int(k)).data, np.float64)
-            m = m.reshape(-1, m.shape[-1])
-            if channels is not None:
-                m = shift_spectra(m, channels)
-            best = min(best, evaluate(m, t)["fe3_mae"])
-        return best
+        if channels is not None:  # PCA of the counts aligned by the known shift
+            rows = np.asarray(sig.data, np.float64).reshape(-1, sig.data.shape[-1])
+            sig = sig._deepcopy_with_new_data(
+                shift_spectra(rows, -channels).reshape(sig.data.shape).astype(np.float32))
+        return min(evaluate(m if channels is None else shift_spectra(m, channels),
+                            t)["fe3_mae"] for _, m in _pca_models(sig, ks))
 
     out = []
     for seed in seeds:

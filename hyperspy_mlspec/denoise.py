@@ -212,7 +212,7 @@ def _spatial_denoise(signal, model, noise, *, align, navigation_mask, signal_ran
         align_mode = _resolve_align(align, s, lazy, int(data.shape[-1]))
     out, den, shift = spatial_denoise_array(
         data, valid, _navigation_scale(s), align_mode, show_progressbar=show_progressbar,
-        shift=given, **estimator_params)
+        known_shift=given, **estimator_params)
     title = s.metadata.General.title
     result = sio.signal_like(s, out, f"{title} {_SPATIAL_SUFFIX}".strip(), axis=t.axis)
     widths = den.choice_.width
@@ -528,17 +528,9 @@ def _resolve_align(align, signal, lazy: bool, n_channels: int) -> str:
     sig = signal.axes_manager.signal_axes[0]
     uniform = getattr(sig, "is_uniform", True)
     if align is True:
-        if lazy:
-            raise ValueError(
-                "align=True estimates the drift of every pixel from the whole map, which a "
-                "lazy signal would have to load; compute it first (s.compute()), or use "
-                "align=False (or 'auto', which skips alignment for lazy signals).")
-        if not uniform:
-            raise ValueError("align=True shifts spectra by whole and fractional channels, "
-                             "which needs a uniform signal axis; resample it first "
-                             "(s.interpolate_on_axis) or use align=False.")
-        if n_channels < 16:
-            raise ValueError(f"align=True needs at least 16 channels, got {n_channels}")
+        sio.check_alignable(signal, lazy, n_channels,
+                            "align=True (use 'auto' to skip alignment where it cannot run)",
+                            min_channels=16)
         return "yes"
     if align is False or lazy or not uniform or n_channels < 16:
         return "no"
@@ -573,14 +565,9 @@ def estimate_shift_signal(signal, *, navigation_mask=None, signal_range=None,
     """
     sio.check_signal(signal)
     _check_spatial_signal(signal, True)
-    if sio.is_lazy(signal):
-        raise ValueError("estimate_shift needs the whole map in memory (the drift of a "
-                         "pixel is estimated from its neighbours and the map's template); "
-                         "compute the signal first (s.compute()) or pass a crop (s.inav[...]).")
-    sig = signal.axes_manager.signal_axes[0]
-    if not getattr(sig, "is_uniform", True):
-        raise ValueError("estimate_shift measures shifts in channels of a uniform signal axis; "
-                         "resample the signal first (s.interpolate_on_axis).")
+    # the drift of a pixel is estimated from its neighbours and the map's template
+    sio.check_alignable(signal, sio.is_lazy(signal), signal.axes_manager.signal_axes[0].size,
+                        "estimate_shift")
     data, valid, t = _spatial_input(signal, navigation_mask, signal_range)
     est = estimate_shift_array(data, valid, _navigation_scale(signal))
     title = signal.metadata.General.title
@@ -596,14 +583,14 @@ def estimate_shift_signal(signal, *, navigation_mask=None, signal_range=None,
 
 def spatial_denoise_array(data, valid: np.ndarray, axis_scale, align: str = "auto",
                           model=None, show_progressbar: bool | None = None,
-                          shift: np.ndarray | None = None, **params: Any):
+                          known_shift: np.ndarray | None = None, **params: Any):
     """Denoise a ``nav_shape + (channels,)`` array (numpy or dask) with the spatial route.
 
     Returns ``(denoised, estimator, shift)`` where ``shift`` is the
     :class:`~hyperspy_mlspec.spatial.ShiftEstimate` used for alignment (None if none).
     ``model`` is an optional per-pixel denoiser applied to the spatially denoised spectra
     (e.g. a supervised :class:`~hyperspy_mlspec.DenoisingAutoencoder`). With
-    ``align="given"``, ``shift`` is the per-pixel shift in channels to use (known, e.g.
+    ``align="given"``, ``known_shift`` is the per-pixel shift in channels to use (e.g.
     from the zero-loss peak).
     """
     from hyperspy_mlspec.engine.progress import progress
@@ -613,13 +600,12 @@ def spatial_denoise_array(data, valid: np.ndarray, axis_scale, align: str = "aut
     lazy = hasattr(data, "dask")
     bar = progress(3 if align != "no" else 2, "spatial denoising", show_progressbar,
                    unit="step")
-    given = shift
     try:
         shift = None
         if align == "given":
-            if given is None:
-                raise ValueError("align='given' needs the shift map (shift=)")
-            known = np.where(valid, np.asarray(given, dtype=np.float64), np.nan)
+            if known_shift is None:
+                raise ValueError("align='given' needs the shift map (known_shift=)")
+            known = np.where(valid, np.asarray(known_shift, dtype=np.float64), np.nan)
             shift = ShiftEstimate(known, np.zeros_like(known), math.nan, 0, "given", known)
             bar.update(1)
         elif align != "no":

@@ -26,6 +26,7 @@ from hyperspy_mlspec.signals.outputs import (
 )
 from hyperspy_mlspec.signals.table import (
     axis_info,
+    check_alignable,
     check_signal,
     is_lazy,
     is_shift_map,
@@ -54,6 +55,7 @@ def install() -> None:
 __all__ = [
     "SignalOutputs",
     "axis_info",
+    "check_alignable",
     "check_signal",
     "fit_on_signal",
     "install",

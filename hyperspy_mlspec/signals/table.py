@@ -268,6 +268,34 @@ def signal_adapter(obj: Any, name: str, navigation_mask: Any) -> list[SpectraTab
     return [t]
 
 
+def check_alignable(signal, lazy: bool, n_channels: int, what: str,
+                    min_channels: int = 2) -> None:
+    """Refuse, naming the fix, what cannot be aligned: spectra are moved by fractions of a
+    channel in memory, so not a lazy signal (``lazy``: the caller would load it whole),
+    not a non-uniform signal axis, not fewer than ``min_channels`` channels. ``what``
+    names the request in the messages.
+
+    Examples
+    --------
+    >>> import hyperspy_mlspec
+    >>> s = hyperspy_mlspec.data.eels_map((2, 3), n_channels=16)
+    >>> check_alignable(s, True, 16, "align=True")
+    Traceback (most recent call last):
+    ...
+    ValueError: align=True aligns the spectra of the whole map in memory, ...
+    """
+    if lazy:
+        raise ValueError(f"{what} aligns the spectra of the whole map in memory, which a "
+                         "lazy signal would have to load; compute it first (s.compute()), "
+                         "pass a crop (s.inav[...]) or use align=False.")
+    if not getattr(signal.axes_manager.signal_axes[0], "is_uniform", True):
+        raise ValueError(f"{what} moves spectra by fractions of a channel, which needs a "
+                         "uniform signal axis; resample it first (s.interpolate_on_axis) or "
+                         "use align=False.")
+    if n_channels < min_channels:
+        raise ValueError(f"{what} needs at least {min_channels} channels, got {n_channels}")
+
+
 def is_shift_map(align: Any) -> bool:
     """Whether ``align`` is a shift map (a signal or an array) rather than a mode.
 
@@ -322,17 +350,8 @@ def shift_map_channels(align: Any, signal: Any, valid: np.ndarray, lazy: bool,
                          f"signal's navigation (array order) is {nav_shape}: give one shift "
                          "per pixel (e.g. the output of return_shift=True, or the zero-loss "
                          "peak centres of the low-loss signal acquired with this map).")
-    if lazy:
-        raise ValueError("a given shift map aligns the spectra in memory, which a lazy "
-                         "signal would have to load whole; compute it first (s.compute()) "
-                         "or use align=False.")
+    check_alignable(signal, lazy, n_channels, "a given shift map")
     axis = signal.axes_manager.signal_axes[0]
-    if not getattr(axis, "is_uniform", True):
-        raise ValueError("a given shift map moves spectra by fractions of a channel, which "
-                         "needs a uniform signal axis; resample it first "
-                         "(s.interpolate_on_axis) or use align=False.")
-    if n_channels < 2:
-        raise ValueError(f"aligning needs at least 2 channels, got {n_channels}")
     bad = valid & ~np.isfinite(values)
     if bad.any():
         raise ValueError(f"the shift map given as align is NaN or infinite at {int(bad.sum())} "
