@@ -570,6 +570,80 @@ def matrix_main(args, argv) -> dict:
     return {"results": res, "markdown": markdown}
 
 
+def aligned(seeds: Sequence[int] = (0, 1), drifts: Sequence[float] = (0.3, 1.0),
+            doses: Sequence[float] = (10, 100), ks: Sequence[int] = (4, 6)) -> list[dict]:
+    """``decomposition(align=True)`` against the unaligned default and HyperSpy's PCA.
+
+    On 64x64x1024 EELS maps with thickness and drift, errors of the models moved back onto
+    the spectra as measured, against the noise-free truth, as ratios to HyperSpy's Poisson
+    PCA at equal K on the map as measured; "PCA aligned" is HyperSpy's PCA of the same
+    aligned map (our shift), moved back the same way. Prints a markdown table; run with
+    ``.venv/bin/python -c "from benchmarks.bench_decomposition import aligned; aligned()"``.
+    """
+    import hyperspy.api as hs
+    import torch
+
+    import hyperspy_mlspec  # noqa: F401 - registers s.mlspec
+    from hyperspy_mlspec.data import eels_map
+    from hyperspy_mlspec.spatial import shift_spectra
+
+    torch.set_num_threads(1)
+    hs.preferences.General.show_progressbar = False
+    out, rows = [], []
+    for drift in drifts:
+        for dose in doses:
+            for seed in seeds:
+                s, tr = eels_map((64, 64), 1024, dose, thickness=True, drift=drift,
+                                 random_state=seed, return_truth=True)
+                X = np.asarray(s.data, dtype=np.float32)
+                for k in ks:
+                    t0 = time.perf_counter()
+                    c = s.deepcopy()
+                    c.decomposition(normalize_poissonian_noise=True, output_dimension=k,
+                                    print_info=False)
+                    e_pca = _poisson_err(c.get_decomposition_model(k).data, tr.clean)
+                    t_pca = time.perf_counter() - t0
+                    ae = s.mlspec.decomposition(k, random_state=seed, show_progressbar=False)
+                    e_ae = _poisson_err(s.mlspec.reconstruct(ae).data, tr.clean)
+                    t0 = time.perf_counter()
+                    ae, shift = s.mlspec.decomposition(k, align=True, return_shift=True,
+                                                       random_state=seed,
+                                                       show_progressbar=False)
+                    t_al = time.perf_counter() - t0
+                    ch = shift.data / s.axes_manager.signal_axes[0].scale
+                    rec = ae.reconstruct(shift_spectra(X, -ch).reshape(-1, X.shape[-1]))
+                    e_al = _poisson_err(shift_spectra(rec.reshape(X.shape), ch), tr.clean)
+                    c = s._deepcopy_with_new_data(shift_spectra(X, -ch))
+                    c.decomposition(normalize_poissonian_noise=True, output_dimension=k,
+                                    print_info=False)
+                    e_pca_al = _poisson_err(
+                        shift_spectra(np.asarray(c.get_decomposition_model(k).data), ch),
+                        tr.clean)
+                    _, auto = s.mlspec.decomposition(k, align="auto", return_shift=True,
+                                                     random_state=seed,
+                                                     show_progressbar=False)
+                    row = dict(drift=drift, dose=dose, seed=seed, k=k, pca=e_pca,
+                               ae=e_ae / e_pca, ae_aligned=e_al / e_pca,
+                               pca_aligned=e_pca_al / e_pca, time=t_al / t_pca,
+                               auto=bool(auto.metadata.MLSpec.operation_0.used_for_alignment))
+                    out.append(row)
+                    print({key: (round(v, 4) if isinstance(v, float) else v)
+                           for key, v in row.items()}, flush=True)
+    for drift in drifts:
+        for dose in doses:
+            for k in ks:
+                sel = [r for r in out if (r["drift"], r["dose"], r["k"]) == (drift, dose, k)]
+                rows.append([f"{drift:g}", f"{dose:g}", k,
+                             *(" / ".join(f"{r[key]:.3f}" for r in sel)
+                               for key in ("ae", "ae_aligned", "pca_aligned")),
+                             " / ".join("yes" if r["auto"] else "no" for r in sel),
+                             f"{max(r['time'] for r in sel):.1f}"])
+    print(markdown_table(["drift (eV)", "dose", "K", "AE / PCA", "AE aligned / PCA",
+                          "PCA aligned / PCA", "auto aligns", "time aligned AE / PCA (max)"],
+                         rows))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = bench_parser(__doc__.splitlines()[0])
     parser.add_argument("--matrix", action="store_true",

@@ -264,12 +264,8 @@ def _spatial_denoise(signal, model, noise, *, align, navigation_mask, signal_ran
             sio.record(maps[key], "denoise residual statistics", statistic=key)
         results.append(maps)
     if return_shift:
-        shift_sig = sio.shift_image(s, np.zeros(valid.shape) if shift is None else shift.shift,
-                                    f"Energy shift of {title}")
-        sio.record(shift_sig, "estimate_shift", used_for_alignment=shift is not None,
-                   pooling="none" if shift is None else shift.pooling,
-                   width=float("nan") if shift is None else float(shift.sigma))
-        results.append(shift_sig)
+        results.append(shift_signal(s, None if shift is None else shift.shift,
+                                    None if given is not None else shift))
     return results[0] if len(results) == 1 else tuple(results)
 
 
@@ -581,6 +577,72 @@ def estimate_shift_signal(signal, *, navigation_mask=None, signal_range=None,
     return out, unc
 
 
+def drift_is_significant(est) -> bool:
+    """Whether an estimated drift is worth removing (``align="auto"``): a spread of at
+    least :data:`_MIN_DRIFT_CHANNELS` channels and three times its own uncertainty."""
+    ok = np.isfinite(est.shift)
+    if not ok.any():
+        return False
+    spread = float(np.std(est.shift[ok]))
+    return spread >= _MIN_DRIFT_CHANNELS and spread >= 3.0 * float(np.nanmedian(est.uncertainty))
+
+
+def alignment_shift(signal, align, *, navigation_mask=None,
+                    signal_range=None) -> tuple[np.ndarray | None, str, Any]:
+    """The per-pixel shift (channels) that ``align=`` asks to remove from ``signal``.
+
+    ``align`` is ``"auto"`` (estimate, and keep it when :func:`drift_is_significant`),
+    True (estimate and keep), False, or a known shift map (see
+    :func:`hyperspy_mlspec.signals.shift_map_channels`). The estimate uses the channels of
+    ``signal_range`` and the pixels not excluded by ``navigation_mask``.
+
+    Returns
+    -------
+    shift, source, estimate
+        ``nav_shape`` shift in channels (0 at excluded pixels) or None for no alignment;
+        ``"given"``, ``"estimated"`` or ``"none"``; the
+        :class:`~hyperspy_mlspec.spatial.ShiftEstimate` when one was made, else None.
+
+    Examples
+    --------
+    >>> import hyperspy_mlspec
+    >>> s = hyperspy_mlspec.data.eels_map((16, 16), n_channels=256, dose=50, drift=2.0)
+    >>> shift, source, _ = alignment_shift(s, "auto")
+    >>> source, shift.shape
+    ('estimated', (16, 16))
+    """
+    if align is False:
+        return None, "none", None
+    lazy = sio.is_lazy(signal)
+    data, valid, _ = _spatial_input(signal, navigation_mask, signal_range)
+    n_ch = int(data.shape[-1])
+    if sio.is_shift_map(align):
+        given = sio.shift_map_channels(align, signal, valid, lazy, n_ch)
+        return np.where(valid, np.nan_to_num(given), 0.0), "given", None
+    mode = _resolve_align(align, signal, lazy, n_ch)
+    if mode == "no":
+        return None, "none", None
+    _check_spatial_signal(signal, True)
+    est = estimate_shift_array(data, valid, _navigation_scale(signal))
+    if mode == "auto" and not drift_is_significant(est):
+        return None, "none", est
+    return np.nan_to_num(est.shift), "estimated", est
+
+
+def shift_signal(signal, shift: np.ndarray | None, estimate=None):
+    """The shift removed from ``signal`` (channels, or None: zeros) as the navigation image
+    that ``return_shift=True`` returns, its estimate recorded in ``metadata.MLSpec``."""
+    title = signal.metadata.General.title
+    nav_shape = tuple(signal.data.shape[: signal.axes_manager.navigation_dimension])
+    out = sio.shift_image(signal, np.zeros(nav_shape) if shift is None else shift,
+                          f"Energy shift of {title}")
+    sio.record(out, "estimate_shift", used_for_alignment=shift is not None,
+               pooling="given" if estimate is None and shift is not None else
+               ("none" if estimate is None else estimate.pooling),
+               width=float("nan") if estimate is None else float(estimate.sigma))
+    return out
+
+
 def spatial_denoise_array(data, valid: np.ndarray, axis_scale, align: str = "auto",
                           model=None, show_progressbar: bool | None = None,
                           known_shift: np.ndarray | None = None, **params: Any):
@@ -611,10 +673,7 @@ def spatial_denoise_array(data, valid: np.ndarray, axis_scale, align: str = "aut
         elif align != "no":
             est = estimate_shift_array(data, valid, axis_scale)
             bar.update(1)
-            ok = np.isfinite(est.shift)
-            spread = float(np.std(est.shift[ok])) if ok.any() else 0.0
-            noise = float(np.nanmedian(est.uncertainty)) if ok.any() else np.inf
-            if align == "yes" or (spread >= _MIN_DRIFT_CHANNELS and spread >= 3.0 * noise):
+            if align == "yes" or drift_is_significant(est):
                 shift = est
         est_params = dict(params)
         if shift is not None and est_params.get("noise", "auto") == "auto":

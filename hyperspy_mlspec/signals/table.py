@@ -355,7 +355,7 @@ def shift_map_channels(align: Any, signal: Any, valid: np.ndarray, lazy: bool,
     bad = valid & ~np.isfinite(values)
     if bad.any():
         raise ValueError(f"the shift map given as align is NaN or infinite at {int(bad.sum())} "
-                         "pixels that are denoised: give every pixel a shift, or exclude "
+                         "pixels that are used: give every pixel a shift, or exclude "
                          "those pixels with navigation_mask.")
     scale = float(axis.scale)
     shift = np.where(valid, values, 0.0) / scale
