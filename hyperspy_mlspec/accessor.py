@@ -93,7 +93,8 @@ class MLSpecNamespace:
         ``s.learning_results`` (and ``get_decomposition_model``) then describe the
         *aligned* spectra; ``return_shift=True`` gives the shift, and
         ``s.get_decomposition_model(k).shift1D(shift.data, crop=False)`` moves the model
-        back onto the spectra as measured. The model is fitted on the map aligned by whole
+        back onto the spectra as measured (``s.mlspec.reconstruct(ae, align=shift)`` is
+        the exact reconstruction, as measured). The model is fitted on the map aligned by whole
         channels (counts stay counts) and the loadings come from the map aligned to the
         sub-channel. ``s`` itself is never moved.
 
@@ -208,18 +209,59 @@ class MLSpecNamespace:
         sio.record(out, "encode", model=type(model).__name__)
         return out
 
-    def reconstruct(self, model, *, navigation_mask=None):
+    def reconstruct(self, model, *, navigation_mask=None, align=None):
         """Exact (nonlinear) reconstruction of every spectrum by ``model``.
+
+        Parameters
+        ----------
+        model
+            A fitted estimator with ``reconstruct``.
+        navigation_mask
+            True excludes a pixel (its reconstruction is NaN).
+        align
+            None, or the shift map of a model fitted with ``decomposition(align=...)``
+            (``return_shift=True`` gives it; in the units of the signal axis): each
+            spectrum is aligned by it, reconstructed, and moved back, so the result
+            describes the spectra as measured. Not for lazy signals.
 
         Returns
         -------
         BaseSignal
             Same class, axes and metadata as ``s`` (on the model's channels when they
             differ); lazy when ``s`` is lazy; excluded pixels are NaN.
+
+        Examples
+        --------
+        >>> import hyperspy_mlspec
+        >>> s = hyperspy_mlspec.data.eels_map((16, 16), n_channels=256, dose=50, drift=2.0)
+        >>> ae, shift = s.mlspec.decomposition(3, align=True, return_shift=True,
+        ...                                    epochs=3, show_progressbar=False)
+        >>> s.mlspec.reconstruct(ae, align=shift).data.shape
+        (16, 16, 256)
         """
         s = self._signal
         t = sio.table_for_model(s, model, navigation_mask)
-        data = t.scatter(model.reconstruct(t.rows))
+        if align is None:
+            rec = model.reconstruct(t.rows)
+        else:
+            from hyperspy_mlspec.spatial import shift_spectra
+
+            nav_shape = tuple(t.nav_shape)
+            valid = np.zeros(t.n_nav, dtype=bool)
+            valid[slice(None) if t.nav_index is None else t.nav_index] = True
+            shift = sio.shift_map_channels(align, s, valid.reshape(nav_shape), t.lazy,
+                                           int(s.axes_manager.signal_axes[0].size))
+            grid = t.axis.uniform()
+            if grid is None:
+                raise ValueError("align= moves spectra along a uniform energy axis, but the "
+                                 "model's axis is not uniform; reconstruct without align.")
+            # channels of s -> channels of the model's axis (resampled maps differ)
+            shift = shift.ravel() * float(s.axes_manager.signal_axes[0].scale) / grid[1]
+            if t.nav_index is not None:
+                shift = shift[t.nav_index]
+            rows = shift_spectra(np.asarray(t.rows, dtype=np.float32), -shift)
+            rec = shift_spectra(np.asarray(model.reconstruct(rows)), shift)
+        data = t.scatter(rec)
         out = sio.signal_like(s, data, f"{s.metadata.General.title} (autoencoder "
                               "reconstruction)", axis=t.axis)
         sio.record(out, "reconstruct", model=type(model).__name__,
