@@ -212,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "get_decomposition_model exact (default: nonlinear)")
     dec.add_argument("--epochs", type=_int_or_auto, default="auto", metavar="N|auto",
                      help="maximum training epochs of the autoencoder (default: auto)")
+    dec.add_argument("--align", choices=("no", "auto", "yes"), default="no",
+                     help="ae only: remove the energy drift before decomposing ('auto': when "
+                          "significant); the loadings and factors then describe the aligned "
+                          "spectra and the removed shift is written as shift.hspy "
+                          "(default: no)")
     dec.add_argument("--signal-range", nargs=2, type=_position, metavar=("START", "END"),
                      help="use only this part of the spectral axis, in axis units "
                           "(e.g. 400 900) or with units (e.g. '0.6 keV' '9 keV')")
@@ -343,13 +348,19 @@ def _decompose_file(path: Path, out_dir: Path, args: argparse.Namespace) -> dict
         "n_channels": n_channels, "package": f"hyperspy_mlspec {__version__}",
     }
     t0 = time.perf_counter()
-    model = None
+    model = shift = None
+    if args.align != "no" and args.method != "ae":
+        raise CLIError("--align needs --method ae (align the files first for PCA)")
     try:
         if args.method == "ae":
-            model = s.mlspec.decomposition(
+            align = {"no": False, "auto": "auto", "yes": True}[args.align]
+            model, shift = s.mlspec.decomposition(
                 n_components=k, decoder=args.decoder, epochs=args.epochs,
-                random_state=args.seed, signal_range=args.signal_range)
+                random_state=args.seed, signal_range=args.signal_range, align=align,
+                return_shift=True)
+            aligned = bool(shift.metadata.MLSpec.operation_0.used_for_alignment)
             summary.update(
+                align=args.align, aligned=aligned,
                 decoder=args.decoder, epochs=args.epochs, seed=args.seed,
                 history_length=len(model.history_), loss=model.loss_,
                 normalization=model.normalization_, device=model.device_,
@@ -379,6 +390,9 @@ def _decompose_file(path: Path, out_dir: Path, args: argparse.Namespace) -> dict
     s.get_decomposition_loadings().save(out_dir / "loadings.hspy", overwrite=True)
     s.get_decomposition_factors().save(out_dir / "factors.hspy", overwrite=True)
     outputs = ["loadings.hspy", "factors.hspy"]
+    if shift is not None and summary["aligned"]:
+        shift.save(out_dir / "shift.hspy", overwrite=True)
+        outputs.append("shift.hspy")
     if model is not None:
         model.save(out_dir / "model.mlspec")
         outputs.append("model.mlspec")

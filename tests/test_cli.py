@@ -117,6 +117,30 @@ def test_decompose_ae_writes_outputs_and_a_reloadable_model(files, tmp_path, cap
         assert model.n_components == K and model.components_.shape == (K, 64)
 
 
+def test_decompose_align_writes_the_shift(tmp_path, capsys):
+    """--align yes: the drift is removed before decomposing, the shift map is saved with
+    the navigation axes, and the loadings are those of s.mlspec.decomposition(align=True)."""
+    from hyperspy_mlspec.data import eels_map
+
+    s = eels_map((12, 12), 128, 50.0, drift=2.0, thickness=False, random_state=0)
+    path = tmp_path / "drift.hspy"
+    s.save(path)
+    out = tmp_path / "res"
+    args = ["decompose", str(path), "-k", "2", "--epochs", "3", "--seed", "0"]
+    assert main([*args, "--align", "yes", "--out", str(out)]) == 0
+    folder = out / "drift"
+    assert (folder / "shift.hspy").exists()
+    shift = hs.load(folder / "shift.hspy")
+    assert shift.data.shape == (12, 12) and np.std(shift.data) > 0
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["aligned"] is True and "shift.hspy" in summary["outputs"]
+    ae, expected = s.mlspec.decomposition(2, align=True, return_shift=True, epochs=3,
+                                          random_state=0, show_progressbar=False)
+    np.testing.assert_allclose(shift.data, expected.data, atol=1e-6)
+    assert main([*args, "--method", "pca", "--align", "yes", "--out", str(out)]) == 1
+    assert "--align needs --method ae" in capsys.readouterr().err
+
+
 def test_decompose_ae_same_seed_same_result(files, tmp_path):
     loadings = []
     for run in ("a", "b"):
