@@ -7,7 +7,8 @@ SpatialDenoiser`, with the energy drift estimated and removed first when there i
 :class:`~hyperspy_mlspec.DenoisingAutoencoder`; a fitted autoencoder (e.g. trained on a
 simulation library) is applied pixel by pixel, after the spatial step when ``spatial``
 is on (``spatial="auto"`` picks the network when autoencoder parameters such as
-``epochs`` are given). :func:`estimate_shift_signal` is ``s.mlspec.estimate_shift``.
+``epochs`` are given). :func:`estimate_shift_signal` is ``s.mlspec.estimate_shift``;
+:func:`alignment_shift` resolves an ``align=`` request (also for ``decomposition``).
 :func:`denoise_files` does the same for files on disk (what
 ``hyperspy-mlspec denoise FILES... --out DIR`` calls).
 """
