@@ -148,17 +148,22 @@ class MLSpecNamespace:
 
         est = AutoencoderDecomposition(n_components=n_components,
                                        show_progressbar=show_progressbar, **estimator_params)
-        shift, _, estimate = alignment_shift(s, align, navigation_mask=navigation_mask,
-                                             signal_range=signal_range)
-        fit_on = work = s
-        if shift is not None:
+        shift, estimate = alignment_shift(s, align, navigation_mask=navigation_mask,
+                                          signal_range=signal_range)
+        work = s
+        if shift is None:
+            t = sio.fit_on_signal(est, s, navigation_mask=navigation_mask,
+                                  signal_mask=signal_mask, signal_range=signal_range)
+        else:
             from hyperspy_mlspec.spatial import shift_spectra
 
+            # one aligned copy at a time: fitted on whole channels, projected sub-channel
             X = np.asarray(s.data, dtype=np.float32)
-            fit_on = s._deepcopy_with_new_data(shift_spectra(X, -np.rint(shift)))
+            t = sio.fit_on_signal(est, s._deepcopy_with_new_data(
+                shift_spectra(X, -np.rint(shift))), navigation_mask=navigation_mask,
+                signal_mask=signal_mask, signal_range=signal_range)
             work = s._deepcopy_with_new_data(shift_spectra(X, -shift))
-        t = sio.fit_on_signal(est, fit_on, navigation_mask=navigation_mask,
-                              signal_mask=signal_mask, signal_range=signal_range)
+            del X
         hs_signal_mask = None
         if t.channels is not None:
             hs_signal_mask = np.ones(s.axes_manager.signal_axes[0].size, dtype=bool)

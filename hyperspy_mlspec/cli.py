@@ -358,9 +358,9 @@ def _decompose_file(path: Path, out_dir: Path, args: argparse.Namespace) -> dict
                 n_components=k, decoder=args.decoder, epochs=args.epochs,
                 random_state=args.seed, signal_range=args.signal_range, align=align,
                 return_shift=True)
-            aligned = bool(shift.metadata.MLSpec.operation_0.used_for_alignment)
             summary.update(
-                align=args.align, aligned=aligned,
+                align=args.align,
+                aligned=bool(shift.metadata.MLSpec.operation_0.used_for_alignment),
                 decoder=args.decoder, epochs=args.epochs, seed=args.seed,
                 history_length=len(model.history_), loss=model.loss_,
                 normalization=model.normalization_, device=model.device_,
@@ -390,7 +390,7 @@ def _decompose_file(path: Path, out_dir: Path, args: argparse.Namespace) -> dict
     s.get_decomposition_loadings().save(out_dir / "loadings.hspy", overwrite=True)
     s.get_decomposition_factors().save(out_dir / "factors.hspy", overwrite=True)
     outputs = ["loadings.hspy", "factors.hspy"]
-    if shift is not None and summary["aligned"]:
+    if summary.get("aligned"):
         shift.save(out_dir / "shift.hspy", overwrite=True)
         outputs.append("shift.hspy")
     if model is not None:

@@ -589,7 +589,7 @@ def drift_is_significant(est) -> bool:
 
 
 def alignment_shift(signal, align, *, navigation_mask=None,
-                    signal_range=None) -> tuple[np.ndarray | None, str, Any]:
+                    signal_range=None) -> tuple[np.ndarray | None, Any]:
     """The per-pixel shift (channels) that ``align=`` asks to remove from ``signal``.
 
     ``align`` is ``"auto"`` (estimate, and keep it when :func:`drift_is_significant`),
@@ -599,35 +599,35 @@ def alignment_shift(signal, align, *, navigation_mask=None,
 
     Returns
     -------
-    shift, source, estimate
+    shift, estimate
         ``nav_shape`` shift in channels (0 at excluded pixels) or None for no alignment;
-        ``"given"``, ``"estimated"`` or ``"none"``; the
-        :class:`~hyperspy_mlspec.spatial.ShiftEstimate` when one was made, else None.
+        the :class:`~hyperspy_mlspec.spatial.ShiftEstimate` when one was made, else None
+        (a given map: ``shift`` without ``estimate``).
 
     Examples
     --------
     >>> import hyperspy_mlspec
     >>> s = hyperspy_mlspec.data.eels_map((16, 16), n_channels=256, dose=50, drift=2.0)
-    >>> shift, source, _ = alignment_shift(s, "auto")
-    >>> source, shift.shape
-    ('estimated', (16, 16))
+    >>> shift, est = alignment_shift(s, "auto")
+    >>> shift.shape, est.pooling
+    ((16, 16), 'raster')
     """
     if align is False:
-        return None, "none", None
+        return None, None
     lazy = sio.is_lazy(signal)
     data, valid, _ = _spatial_input(signal, navigation_mask, signal_range)
     n_ch = int(data.shape[-1])
     if sio.is_shift_map(align):
         given = sio.shift_map_channels(align, signal, valid, lazy, n_ch)
-        return np.where(valid, np.nan_to_num(given), 0.0), "given", None
+        return np.where(valid, np.nan_to_num(given), 0.0), None
     mode = _resolve_align(align, signal, lazy, n_ch)
     if mode == "no":
-        return None, "none", None
+        return None, None
     _check_spatial_signal(signal, True)
     est = estimate_shift_array(data, valid, _navigation_scale(signal))
     if mode == "auto" and not drift_is_significant(est):
-        return None, "none", est
-    return np.nan_to_num(est.shift), "estimated", est
+        return None, est
+    return np.nan_to_num(est.shift), est
 
 
 def shift_signal(signal, shift: np.ndarray | None, estimate=None):
