@@ -277,12 +277,13 @@ def test_demo_quick_writes_a_complete_report(tmp_path, capsys):
     header, *body = parser.rows
     assert header[0] == "Method" and "Poisson-normalised error" in header
     table = {row[0]: row for row in body}
+    spatial = "Spatial denoising (s.mlspec.denoise)"
     assert set(table) == {"AE (nonlinear decoder)", "AE (linear decoder)", "PCA (HyperSpy)",
-                          "Noisy data (no model)"}
+                          spatial, "Noisy data (no model)"}
     col = {name: i for i, name in enumerate(header)}
     values = {name: {h: float(row[i]) for h, i in col.items() if row[i] and h != "Method"}
               for name, row in table.items()}
-    for name in ("AE (nonlinear decoder)", "AE (linear decoder)", "PCA (HyperSpy)"):
+    for name in ("AE (nonlinear decoder)", "AE (linear decoder)", spatial, "PCA (HyperSpy)"):
         v = values[name]
         for key in ("MSE (counts²)", "Poisson-normalised error", "Fit time (s)"):
             assert math.isfinite(v[key]) and v[key] > 0, (name, key)
@@ -293,6 +294,8 @@ def test_demo_quick_writes_a_complete_report(tmp_path, capsys):
         assert v["MSE / PCA"] == pytest.approx(v["MSE (counts²)"] / pca["MSE (counts²)"],
                                                rel=2e-3)
     assert values["PCA (HyperSpy)"]["MSE / PCA"] == 1.0
+    # the map's spatial context: well below PCA at its K (measured 0.30x on this map)
+    assert values[spatial]["Poisson error / PCA"] < 0.6
     # quick: 30 epochs at most (early stopping on the held-out split may end sooner)
     assert 5 <= values["AE (linear decoder)"]["Epochs"] <= 30
     # the noisy data's error in units of the Poisson variance is ~1 by construction
