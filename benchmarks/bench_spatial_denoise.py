@@ -515,6 +515,7 @@ def seed_route_after_spatial(seed: int = 1, dose: float = 10.0,
     import torch
 
     from hyperspy_mlspec.data import eels_map
+    from hyperspy_mlspec.engine.losses import poisson_deviance_elements
 
     def spatial_pair(map_seed):
         s, truth = eels_map((64, 64), 1024, dose, thickness=True, drift=0.3, rare_phase=True,
@@ -531,7 +532,9 @@ def seed_route_after_spatial(seed: int = 1, dose: float = 10.0,
         m = den.mean(1, keepdim=True).clamp_min(1e-6)
         return (den / m if kind == "spatial" else torch.cat([den / m, raw / m], 1)), m
 
-    as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    def as_t(a):
+        return torch.as_tensor(np.asarray(a), dtype=torch.float32)
+
     for kind in inputs:
         X, M = features(as_t(np.concatenate([p[0] for p in pairs])),
                         as_t(np.concatenate([p[1] for p in pairs])), kind)
@@ -558,8 +561,8 @@ def seed_route_after_spatial(seed: int = 1, dose: float = 10.0,
                 perm = torch.randperm(len(X))
                 for i in range(steps):
                     idx = perm[i * batch:(i + 1) * batch]
-                    y = predict(X[idx])
-                    loss = ((y - Y[idx] * torch.log(y.clamp_min(1e-8))) * M[idx]).mean()
+                    loss = poisson_deviance_elements(predict(X[idx]) * M[idx],
+                                                     Y[idx] * M[idx]).mean()
                     opt.zero_grad()
                     loss.backward()
                     opt.step()

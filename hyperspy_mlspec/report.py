@@ -416,9 +416,9 @@ def _html(table: list[list[str]], captions: list[tuple[str, str]], context: dict
           results: list[MethodResult]) -> str:
     esc = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{html.escape(_TITLE)}</title>",
+             f"<title>{esc(_TITLE)}</title>",
              f"<style>{_CSS}</style></head><body>",
-             f"<h1>{html.escape(_TITLE)}</h1><ul>"]
+             f"<h1>{esc(_TITLE)}</h1><ul>"]
     parts += [f"<li>{_inline_markdown(line)}</li>" for line in _summary_lines(context, results)]
     parts += ["</ul>", "<h2>Errors against the noise-free truth and fit times</h2>",
               '<table id="errors"><thead><tr>']
